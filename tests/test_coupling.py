@@ -1,0 +1,238 @@
+"""Tests of the coupling layers (RealNVP affine, rational-quadratic spline) and their builders."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flow_checks import (
+    check_log_det,
+    check_normalised_2d,
+    check_round_trip,
+    check_sample_mean_matches_quadrature,
+    check_samples_match_density,
+)
+
+from jaxstars.flows import Flow
+from jaxstars.flows.base import from_config
+from jaxstars.flows.coupling import AffineCoupling, SplineCoupling, realnvp, spline_flow
+
+HIDDEN = (16, 16)
+CTX_DIM = 2
+KINDS = ["affine", "spline", "realnvp", "spline_flow"]
+
+
+def make(kind, dim, context_dim=0):
+    if kind == "affine":
+        return AffineCoupling(dim, context_dim, hidden=HIDDEN)
+    if kind == "spline":
+        return SplineCoupling(dim, context_dim, hidden=HIDDEN, n_bins=6, bound=4.0)
+    if kind == "realnvp":
+        return realnvp(dim, n_layers=3, hidden=HIDDEN, context_dim=context_dim)
+    return spline_flow(dim, n_layers=3, hidden=HIDDEN, n_bins=6, bound=4.0, context_dim=context_dim)
+
+
+def perturb(params, key, scale=0.3):
+    """Add Gaussian noise to every parameter so the map is far from its near-identity initialisation."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([v + scale * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(leaves, keys)])
+
+
+def setup(kind, dim, context_dim, seed=0, scale=0.3):
+    bij = make(kind, dim, context_dim)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return bij, perturb(bij.init(k1), k2, scale)
+
+
+def data(n, dim, context_dim, seed=1, scale=1.5):
+    kx, kc = jax.random.split(jax.random.PRNGKey(seed))
+    x = scale * jax.random.normal(kx, (n, dim))
+    ctx = jax.random.normal(kc, (n, context_dim)) if context_dim else None
+    return x, ctx
+
+
+# -- generic bijector checks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("context_dim", [0, CTX_DIM])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_and_log_det(kind, dim, context_dim):
+    bij, params = setup(kind, dim, context_dim)
+    x, ctx = data(64, dim, context_dim)
+    # Not vacuous: the perturbed map moves points substantially.
+    z = bij.inverse(params, x, ctx)
+    assert float(jnp.mean(jnp.abs(z - x))) > 0.1
+    check_round_trip(bij, params, x, ctx)
+    check_log_det(bij, params, x[:4], None if ctx is None else ctx[:4])
+
+
+@pytest.mark.parametrize("context_dim", [0, CTX_DIM])
+@pytest.mark.parametrize("kind", KINDS)
+def test_density_2d(kind, context_dim):
+    bij, params = setup(kind, 2, context_dim)
+    flow = Flow(bij)
+    ctx = jnp.array([0.7, -1.2]) if context_dim else None
+    check_normalised_2d(flow, params, ctx)
+    check_samples_match_density(flow, params, jax.random.PRNGKey(5), ctx)
+    check_sample_mean_matches_quadrature(flow, params, jax.random.PRNGKey(6), ctx)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_context_is_used_and_validated(kind):
+    bij, params = setup(kind, 3, CTX_DIM)
+    x, ctx = data(16, 3, CTX_DIM)
+    z1 = bij.inverse(params, x, ctx)
+    z2 = bij.inverse(params, x, ctx + 1.0)
+    assert float(jnp.max(jnp.abs(z1 - z2))) > 1e-2
+    with pytest.raises(ValueError, match="context"):
+        bij.inverse(params, x, None)
+    with pytest.raises(ValueError, match="context"):
+        bij.forward(params, x, ctx[:, :1])
+
+
+@pytest.mark.parametrize("kind", ["affine", "spline"])
+def test_coupling_is_lower_triangular(kind):
+    """dz/dx is lower triangular with the identity on the first ``split`` rows; log_diag matches its diagonal."""
+    bij, params = setup(kind, 4, 0)
+    x, _ = data(3, 4, 0, scale=1.5)
+    z, log_diag = bij.inverse_and_log_diag(params, x)
+    for i in range(x.shape[0]):
+        jac = np.asarray(jax.jacfwd(lambda xi: bij.inverse(params, xi[None])[0])(x[i]))
+        np.testing.assert_allclose(np.triu(jac, 1), 0.0, atol=1e-7)
+        np.testing.assert_allclose(jac[:2, :2], np.eye(2), atol=1e-7)
+        assert np.abs(jac[2:, :2]).max() > 1e-3  # the conditioner really depends on x_a
+        np.testing.assert_allclose(np.asarray(log_diag[i]), np.log(np.diag(jac)), atol=1e-4, rtol=1e-4)
+
+
+# -- spline-specific ------------------------------------------------------------------------------------------------
+
+
+def test_spline_tails_identity_finite_invertible():
+    bound = 4.0
+    bij = SplineCoupling(2, hidden=HIDDEN, n_bins=6, bound=bound)
+    params = perturb(bij.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1), 1.0)
+    x = jnp.array(
+        [[0.3, 50.0], [-1.0, -50.0], [2.0, 1e3], [1e3, -1e3], [-50.0, 1e3], [-1e3, 3.9], [50.0, 0.5], [0.1, 1.0]]
+    )
+    z, log_det = bij.inverse_and_log_det(params, x)
+    assert np.all(np.isfinite(np.asarray(z))) and np.all(np.isfinite(np.asarray(log_det)))
+    tails = np.abs(np.asarray(x[:, 1])) > bound
+    # Exactly the identity (and zero log-det) outside [-B, B] on the transformed coordinate ...
+    np.testing.assert_array_equal(np.asarray(z)[tails], np.asarray(x)[tails])
+    np.testing.assert_array_equal(np.asarray(log_det)[tails], 0.0)
+    # ... but not inside, where the spline acts.
+    assert np.all(np.abs(np.asarray(z - x)[~tails, 1]) > 1e-3)
+    x_back, log_det_fwd = bij.forward_and_log_det(params, z)
+    np.testing.assert_array_equal(np.asarray(x_back)[tails], np.asarray(x)[tails])
+    np.testing.assert_allclose(np.asarray(x_back), np.asarray(x), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(log_det_fwd), -np.asarray(log_det), atol=1e-4)
+    # Gradients with respect to the parameters stay finite at outliers (no NaN leaking through `where`).
+    grads = jax.grad(lambda p: jnp.sum(bij.inverse_and_log_det(p, x)[1] + bij.inverse(p, x).sum()))(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+def test_spline_flow_extreme_inputs():
+    bij, params = setup("spline_flow", 3, CTX_DIM)
+    x = jnp.array([[50.0, -50.0, 1e3], [-1e3, 0.2, 50.0], [1e3, 1e3, -1e3]])
+    ctx = jnp.ones((3, CTX_DIM))
+    z, log_det = bij.inverse_and_log_det(params, x, ctx)
+    assert np.all(np.isfinite(np.asarray(z))) and np.all(np.isfinite(np.asarray(log_det)))
+    np.testing.assert_allclose(np.asarray(bij.forward(params, z, ctx)), np.asarray(x), rtol=1e-5, atol=1e-4)
+
+
+def test_spline_monotone_and_continuous_at_knots():
+    bound, n_bins = 4.0, 8
+    bij = SplineCoupling(2, 1, hidden=HIDDEN, n_bins=n_bins, bound=bound)
+    params = perturb(bij.init(jax.random.PRNGKey(3)), jax.random.PRNGKey(4), 1.0)
+    x_a, ctx = 0.4, jnp.array([[0.3]])
+
+    def column(v):
+        v = jnp.asarray(v, jnp.float32).ravel()
+        return jnp.stack([jnp.full_like(v, x_a), v], -1), jnp.broadcast_to(ctx, (v.shape[0], 1))
+
+    # Strictly increasing in both directions, across the tails too.
+    grid, c = column(np.linspace(-7.0, 7.0, 4001))
+    assert np.all(np.diff(np.asarray(bij.inverse(params, grid, c)[:, 1])) > 0)
+    assert np.all(np.diff(np.asarray(bij.forward(params, grid, c)[:, 1])) > 0)
+
+    xk, yk, dk = (np.asarray(a)[0, 0] for a in bij.knots(params, column([0.0])[0], ctx))
+    assert xk[0] == -bound and xk[-1] == bound and yk[0] == -bound and yk[-1] == bound
+    assert dk[0] == 1.0 and dk[-1] == 1.0
+    assert np.all(np.diff(xk) > 0) and np.all(np.diff(yk) > 0) and np.all(dk > 0)
+    assert np.std(np.diff(xk)) > 0.05 and np.std(dk) > 0.05  # a genuinely non-uniform spline
+    delta = 1e-4
+    for direction, knots_in, knots_out, deriv in [("inv", xk, yk, dk), ("fwd", yk, xk, 1.0 / dk)]:
+        apply = bij.inverse_and_log_det if direction == "inv" else bij.forward_and_log_det
+        for offset in (-delta, 0.0, delta):
+            pts, c = column(knots_in + offset)
+            out, log_det = apply(params, pts, c)
+            # Value continuity: just inside/outside each knot lands next to the knot image.
+            np.testing.assert_allclose(np.asarray(out[:, 1]), knots_out, atol=3 * delta * max(deriv.max(), 1) + 2e-6)
+            # Derivative continuity: the slope on both sides of a knot equals the knot derivative.
+            np.testing.assert_allclose(np.exp(np.asarray(log_det)), deriv, rtol=2e-2)
+
+
+@pytest.mark.parametrize("kind", ["affine", "spline"])
+def test_zero_conditioner_output_is_identity(kind):
+    bij = make(kind, 3, CTX_DIM)
+    params = perturb(bij.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    last = params["conditioner"][-1]
+    params["conditioner"][-1] = {"w": jnp.zeros_like(last["w"]), "b": jnp.zeros_like(last["b"])}
+    x, ctx = data(32, 3, CTX_DIM, scale=2.0)
+    z, log_det = bij.inverse_and_log_det(params, x, ctx)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(x), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(log_det), 0.0, atol=2e-6)
+
+
+def test_affine_log_scale_is_bounded():
+    bij = AffineCoupling(4, hidden=(8,), scale_bound=2.0)
+    params = bij.init(jax.random.PRNGKey(0))
+    params["conditioner"][-1]["b"] = jnp.full_like(params["conditioner"][-1]["b"], 1e4)
+    x, _ = data(8, 4, 0)
+    z, log_det = bij.inverse_and_log_det(params, x)
+    assert np.all(np.isfinite(np.asarray(z)))
+    # Two transformed coordinates, each with |log-scale| <= 2 and saturated at the bound.
+    np.testing.assert_allclose(np.asarray(log_det), -4.0, atol=1e-5)
+
+
+# -- specs ----------------------------------------------------------------------------------------------------------
+
+SPECS = [
+    AffineCoupling(5, 2, split=3, hidden=(8,), activation="tanh", scale_bound=2.0),
+    SplineCoupling(4, hidden=(8, 4), n_bins=5, bound=3.0, min_derivative=1e-2),
+    realnvp(3, n_layers=2, hidden=(8,), context_dim=1),
+    spline_flow(4, n_layers=2, hidden=(8,), n_bins=4, bound=6.0),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: type(s).__name__)
+def test_config_round_trip(spec):
+    config = json.loads(json.dumps(spec.config()))
+    rebuilt = from_config(config)
+    assert rebuilt == spec and hash(rebuilt) == hash(spec)
+    params = spec.init(jax.random.PRNGKey(0))
+    x, ctx = data(4, spec.dim, spec.context_dim)
+    np.testing.assert_array_equal(np.asarray(rebuilt.inverse(params, x, ctx)), np.asarray(spec.inverse(params, x, ctx)))
+
+
+def test_split_defaults_and_validation():
+    assert AffineCoupling(5).split == 2 and SplineCoupling(2).split == 1
+    assert AffineCoupling(5) == AffineCoupling(5, split=2)
+    for bad in [
+        lambda: AffineCoupling(1),
+        lambda: SplineCoupling(1),
+        lambda: realnvp(1),
+        lambda: spline_flow(1),
+        lambda: AffineCoupling(3, split=0),
+        lambda: SplineCoupling(3, split=3),
+        lambda: AffineCoupling(3, activation="nope"),
+        lambda: SplineCoupling(3, n_bins=0),
+        lambda: SplineCoupling(3, n_bins=10, min_bin_width=0.2),
+    ]:
+        with pytest.raises(ValueError):
+            bad()
