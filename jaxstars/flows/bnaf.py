@@ -32,7 +32,9 @@ from jaxstars.flows.nn import ACTIVATIONS, dense_init
 # Bounded positive scale of the first layer given the context (FLOWER's code maps a sigmoid to (0.1, 3)).
 _SCALE_MIN, _SCALE_MAX = 0.1, 3.0
 # Initial output range: a fresh layer is z ≈ R tanh(tanh(x / R)) per coordinate (slope 1 at 0, image ≈ ±0.76 R).
-_INIT_RANGE = 6.0
+_INIT_RANGE = 8.0
+# Root finder: bracket doublings (|x| up to ~2^32), bisection cap, relative bracket width, Newton polish steps.
+_MAX_EXPAND, _MAX_BISECT, _TOL, _NEWTON_STEPS = 32, 100, 1e-6, 2
 # Slope of ``leaky_tanh`` far from zero; must equal the one in ``jaxstars.flows.nn`` (checked by the log-det tests).
 _LEAK = 0.01
 
@@ -199,11 +201,12 @@ class BNAF(Bijector):
 
         return jnp.moveaxis(jax.vmap(column)(jnp.eye(self.dim, dtype=x.dtype)), 0, -1)
 
-    def _root(self, params, z, context, max_expand=32, max_bisect=100, tol=1e-6, newton_steps=2):
+    @partial(jax.jit, static_argnums=0)  # compiled once per spec and shape, also when called eagerly
+    def _root(self, params, z, context):
         """Solve ``f(x) = z`` one coordinate at a time (``z_i`` depends on ``x_{<=i}`` and increases in ``x_i``).
 
         For coordinate ``i`` with ``x_{<i}`` already solved: expand ``[lo, hi] = [-1, 1]`` by doubling steps until
-        the residual changes sign, bisect to width ``tol (1 + |x|)``, then take Newton steps using the exact
+        the residual changes sign, bisect to relative width ``_TOL`` (absolute near 0), then take Newton steps using the exact
         ``dz_i/dx_i`` from the log-Jacobian, clipped to the bracket.
         """
 
@@ -221,7 +224,7 @@ class BNAF(Bijector):
 
             def unbracketed(state):
                 k, _, _, r_lo, r_hi, _ = state
-                return (k < max_expand) & jnp.any((r_lo > 0) | (r_hi < 0))
+                return (k < _MAX_EXPAND) & jnp.any((r_lo > 0) | (r_hi < 0))
 
             ones = jnp.ones_like(z[:, 0])
             state = (0, -ones, ones, residual(-ones)[0], residual(ones)[0], ones)
@@ -236,11 +239,11 @@ class BNAF(Bijector):
 
             def wide(state):
                 k, lo, hi = state
-                return (k < max_bisect) & jnp.any(hi - lo > tol * (1 + jnp.maximum(jnp.abs(lo), jnp.abs(hi))))
+                return (k < _MAX_BISECT) & jnp.any(hi - lo > _TOL * (1 + jnp.maximum(jnp.abs(lo), jnp.abs(hi))))
 
             _, lo, hi = jax.lax.while_loop(wide, bisect, (0, lo, hi))
             t = 0.5 * (lo + hi)
-            for _ in range(newton_steps):
+            for _ in range(_NEWTON_STEPS):
                 r, slope = residual(t)
                 newton = t - r / slope
                 t = jnp.clip(jnp.where(jnp.isfinite(newton), newton, t), lo, hi)

@@ -1,0 +1,120 @@
+"""Saving and loading flows: a versioned JSON header plus named arrays in one ``.npz`` file, never pickle.
+
+File layout (format version 1): an uncompressed zip (``numpy.savez``) holding
+
+* ``__jaxstars__``: UTF-8 JSON bytes ``{"format": "jaxstars-flow", "version": 1, "bijector": <spec config>,
+  "leaves": [<key path>, ...], "shapes": [...], "dtypes": [...], "members": <ensemble size or null>,
+  "metadata": {...}}``;
+* ``leaf_00000``, ``leaf_00001``, ...: the parameter arrays in ``jax.tree_util`` flattening order.
+
+Loading checks every array against the shapes the spec implies, so a file that does not match its spec, a
+truncated or bit-flipped file (zip CRC), a missing file or another format version each raise a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstars.flows.base import from_config
+from jaxstars.flows.flow import Flow
+
+FORMAT_NAME = "jaxstars-flow"
+FORMAT_VERSION = 1
+_HEADER = "__jaxstars__"
+
+
+class FlowFileError(ValueError):
+    """A flow file that cannot be loaded: corrupt, incompatible version, or not matching its spec."""
+
+
+def _path_str(path) -> str:
+    return jax.tree_util.keystr(path)
+
+
+def save_flow(path: str | os.PathLike, flow: Flow, params, *, members: int | None = None, metadata=None) -> None:
+    """Write ``flow`` and ``params`` to ``path`` (``.npz``).  ``members``: ensemble size of stacked params."""
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+    arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves_with_path)}
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "bijector": flow.bijector.config(),
+        "leaves": [_path_str(p) for p, _ in leaves_with_path],
+        "shapes": [list(a.shape) for a in arrays.values()],
+        "dtypes": [str(a.dtype) for a in arrays.values()],
+        "members": members,
+        "metadata": metadata or {},
+    }
+    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_flow(path: str | os.PathLike):
+    """Read a flow file written by :func:`save_flow`; returns ``(flow, params, metadata)``.
+
+    Raises
+    ------
+    FileNotFoundError : no file at ``path``.
+    FlowFileError : the file is corrupt, of another format version, or its arrays do not match its spec.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no flow file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if _HEADER not in npz.files:
+                raise FlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
+            header = json.loads(bytes(npz[_HEADER]).decode("utf-8"))
+            _check_header(header, path)
+            arrays = []
+            for i in range(len(header["leaves"])):
+                name = f"leaf_{i:05d}"
+                if name not in npz.files:
+                    raise FlowFileError(f"{path!r}: array {name} ({header['leaves'][i]}) is missing")
+                arrays.append(npz[name])
+    except FlowFileError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
+
+    try:
+        flow = Flow(from_config(header["bijector"]))
+    except (TypeError, ValueError) as err:
+        raise FlowFileError(f"{path!r}: cannot rebuild the flow spec: {err}") from err
+    template = jax.eval_shape(flow.init, jax.random.PRNGKey(0))
+    template_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    if len(template_leaves) != len(arrays):
+        raise FlowFileError(
+            f"{path!r}: the spec needs {len(template_leaves)} parameter arrays, the file has {len(arrays)}"
+        )
+    members = header.get("members")
+    lead = () if members is None else (members,)
+    for (key_path, expected), array, saved_path in zip(template_leaves, arrays, header["leaves"]):
+        name = _path_str(key_path)
+        if name != saved_path or tuple(array.shape) != lead + tuple(expected.shape):
+            raise FlowFileError(
+                f"{path!r}: parameter {saved_path} has shape {array.shape}, the spec expects {name} with shape "
+                f"{lead + tuple(expected.shape)}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise FlowFileError(f"{path!r}: parameter {saved_path} contains NaN or inf values")
+    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
+    return flow, params, header.get("metadata", {})
+
+
+def _check_header(header: dict, path: str) -> None:
+    if header.get("format") != FORMAT_NAME:
+        raise FlowFileError(f"{path!r} is not a jaxstars flow file (format {header.get('format')!r})")
+    version = header.get("version")
+    if version != FORMAT_VERSION:
+        raise FlowFileError(
+            f"{path!r} has flow-file format version {version}; this jaxstars reads version {FORMAT_VERSION}"
+        )
