@@ -257,15 +257,16 @@ def test_grad_matches_finite_differences(trace):
     grads = jax.grad(loss)(params)
     direction = perturb(jax.tree.map(jnp.zeros_like, params), jax.random.key(12), scale=1.0)
     analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-    eps = 1e-2
+    eps = 3e-4
 
     def shifted(sign):
         return loss(jax.tree.map(lambda p, d: p + sign * eps * d, params, direction))
 
     numeric = float(shifted(1.0) - shifted(-1.0)) / (2 * eps)
-    # Central differences: O(eps^2) truncation and ~1e-7 * |loss| / eps round-off, both well below 2%.
-    assert abs(analytic) > 0.1
-    assert abs(analytic - numeric) < 2e-2 * abs(analytic), (analytic, numeric)
+    # Central differences along a direction moving every parameter: O(eps^2) truncation (measured 2e-4
+    # relative at this eps, converging quadratically from larger eps) and ~1e-7 * |loss| / eps round-off.
+    assert abs(analytic) > 1.0
+    assert abs(analytic - numeric) < 1e-2 * abs(analytic), (analytic, numeric)
 
 
 def test_builder_and_class_agree():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -39,13 +40,25 @@ def make(kind, dim, context_dim=0):
 
 
 class Jitted:
-    """Stand-in for a bijector with jit-compiled methods: the generic checks call methods eagerly, and eager
-    ``lax.scan`` recompiles on every call."""
+    """Stand-in for a bijector with jit-compiled methods.  The generic checks call methods eagerly, which is slow
+    (eager ``lax.scan`` recompiles on every call); :func:`jitted` caches one per spec so tests share compilations."""
 
     def __init__(self, bij):
         self.dim, self.context_dim = bij.dim, bij.context_dim
         self.inverse_and_log_det = jax.jit(bij.inverse_and_log_det)
         self.forward_and_log_det = jax.jit(bij.forward_and_log_det)
+        self.inverse_and_log_diag = jax.jit(bij.inverse_and_log_diag)
+
+    def inverse(self, params, x, context=None):
+        return self.inverse_and_log_det(params, x, context)[0]
+
+    def forward(self, params, z, context=None):
+        return self.forward_and_log_det(params, z, context)[0]
+
+
+@functools.cache
+def jitted(bij):
+    return Jitted(bij)
 
 
 def perturb(params, key, scale=0.3):
@@ -72,54 +85,63 @@ def data(n, dim, context_dim, seed=1, scale=1.5):
 
 
 @pytest.mark.parametrize("context_dim", [0, CTX_DIM])
-@pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("kind", KINDS)
-def test_round_trip_and_log_det(kind, dim, context_dim):
-    bij, params = setup(kind, dim, context_dim)
-    x, ctx = data(64, dim, context_dim)
+def test_round_trip_and_log_det(kind, context_dim):
+    """dim = 3: the split (1 | 2) is uneven, so the builders' Reverse matters.  dim = 2 is covered below."""
+    bij, params = setup(kind, 3, context_dim)
+    fast = jitted(bij)
+    x, ctx = data(64, 3, context_dim)
     # Not vacuous: the perturbed map moves points substantially.
-    z = bij.inverse(params, x, ctx)
-    assert float(jnp.mean(jnp.abs(z - x))) > 0.1
-    check_round_trip(Jitted(bij), params, x, ctx)
-    check_log_det(Jitted(bij), params, x[:4], None if ctx is None else ctx[:4])
+    assert float(jnp.mean(jnp.abs(fast.inverse(params, x, ctx) - x))) > 0.1
+    check_round_trip(fast, params, x, ctx)
+    check_log_det(fast, params, x[:3], None if ctx is None else ctx[:3])
 
 
 @pytest.mark.parametrize("context_dim", [0, CTX_DIM])
 @pytest.mark.parametrize("kind", KINDS)
 def test_density_2d(kind, context_dim):
     bij, params = setup(kind, 2, context_dim)
-    flow = Flow(Jitted(bij))
+    fast = jitted(bij)
+    flow = Flow(fast)
     ctx = jnp.array([0.7, -1.2]) if context_dim else None
+    n = 4000  # the batch size check_samples_match_density uses: reuses its compilations
+    x, _ = data(n, 2, 0)
+    ctx_n = None if ctx is None else jnp.broadcast_to(ctx, (n, CTX_DIM))
+    assert float(jnp.mean(jnp.abs(fast.inverse(params, x, ctx_n) - x))) > 0.1
+    check_round_trip(fast, params, x, ctx_n)
     check_normalised_2d(flow, params, ctx)
-    check_samples_match_density(flow, params, jax.random.PRNGKey(5), ctx)
+    check_samples_match_density(flow, params, jax.random.PRNGKey(5), ctx, n=n)
     check_sample_mean_matches_quadrature(flow, params, jax.random.PRNGKey(6), ctx)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_context_is_used_and_validated(kind):
     bij, params = setup(kind, 3, CTX_DIM)
-    x, ctx = data(16, 3, CTX_DIM)
-    z1 = bij.inverse(params, x, ctx)
-    z2 = bij.inverse(params, x, ctx + 1.0)
+    fast = jitted(bij)
+    x, ctx = data(64, 3, CTX_DIM)
+    z1 = fast.inverse(params, x, ctx)
+    z2 = fast.inverse(params, x, ctx + 1.0)
     assert float(jnp.max(jnp.abs(z1 - z2))) > 1e-2
     with pytest.raises(ValueError, match="context"):
         bij.inverse(params, x, None)
     with pytest.raises(ValueError, match="context"):
         bij.forward(params, x, ctx[:, :1])
+    with pytest.raises(ValueError, match="context"):
+        make(kind, 3).forward(params, x, ctx)
 
 
 @pytest.mark.parametrize("kind", ["affine", "spline"])
 def test_coupling_is_lower_triangular(kind):
     """dz/dx is lower triangular with the identity on the first ``split`` rows; log_diag matches its diagonal."""
     bij, params = setup(kind, 4, 0)
-    x, _ = data(3, 4, 0, scale=1.5)
-    z, log_diag = bij.inverse_and_log_diag(params, x)
-    for i in range(x.shape[0]):
-        jac = np.asarray(jax.jacfwd(lambda xi: bij.inverse(params, xi[None])[0])(x[i]))
+    x, _ = data(3, 4, 0)
+    _, log_diag = bij.inverse_and_log_diag(params, x)
+    jacs = jax.jit(jax.vmap(jax.jacfwd(lambda xi: bij.inverse(params, xi[None])[0])))(x)
+    for jac, ld in zip(np.asarray(jacs), np.asarray(log_diag)):
         np.testing.assert_allclose(np.triu(jac, 1), 0.0, atol=1e-7)
         np.testing.assert_allclose(jac[:2, :2], np.eye(2), atol=1e-7)
         assert np.abs(jac[2:, :2]).max() > 1e-3  # the conditioner really depends on x_a
-        np.testing.assert_allclose(np.asarray(log_diag[i]), np.log(np.diag(jac)), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(ld, np.log(np.diag(jac)), atol=1e-4, rtol=1e-4)
 
 
 # -- spline-specific ------------------------------------------------------------------------------------------------
@@ -128,40 +150,43 @@ def test_coupling_is_lower_triangular(kind):
 def test_spline_tails_identity_finite_invertible():
     bound = 4.0
     bij = SplineCoupling(2, hidden=HIDDEN, activation=ACT, n_bins=6, bound=bound)
-    params = perturb(bij.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1), 1.0)
+    params = perturb(bij.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1), 0.6)
+    fast = jitted(bij)
     x = jnp.array(
         [[0.3, 50.0], [-1.0, -50.0], [2.0, 1e3], [1e3, -1e3], [-50.0, 1e3], [-1e3, 3.9], [50.0, 0.5], [0.1, 1.0]]
     )
-    z, log_det = bij.inverse_and_log_det(params, x)
+    z, log_det = fast.inverse_and_log_det(params, x)
     assert np.all(np.isfinite(np.asarray(z))) and np.all(np.isfinite(np.asarray(log_det)))
     tails = np.abs(np.asarray(x[:, 1])) > bound
     # Exactly the identity (and zero log-det) outside [-B, B] on the transformed coordinate ...
     np.testing.assert_array_equal(np.asarray(z)[tails], np.asarray(x)[tails])
     np.testing.assert_array_equal(np.asarray(log_det)[tails], 0.0)
-    # ... but not inside, where the spline acts.
-    assert np.all(np.abs(np.asarray(z - x)[~tails, 1]) > 1e-3)
-    x_back, log_det_fwd = bij.forward_and_log_det(params, z)
+    # ... but not inside, where the spline acts (even when the conditioning coordinate is far out).
+    assert np.all(np.abs(np.asarray(z - x)[~tails, 1]) > 1e-2)
+    x_back, log_det_fwd = fast.forward_and_log_det(params, z)
     np.testing.assert_array_equal(np.asarray(x_back)[tails], np.asarray(x)[tails])
     np.testing.assert_allclose(np.asarray(x_back), np.asarray(x), atol=1e-4)
     np.testing.assert_allclose(np.asarray(log_det_fwd), -np.asarray(log_det), atol=1e-4)
     # Gradients with respect to the parameters stay finite at outliers (no NaN leaking through `where`).
-    grads = jax.grad(lambda p: jnp.sum(bij.inverse_and_log_det(p, x)[1] + bij.inverse(p, x).sum()))(params)
-    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+    loss = jax.jit(jax.grad(lambda p: jnp.sum(bij.inverse_and_log_det(p, x)[1] + bij.forward(p, x).sum())))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(loss(params)))
 
 
 def test_spline_flow_extreme_inputs():
     bij, params = setup("spline_flow", 3, CTX_DIM)
-    x = jnp.array([[50.0, -50.0, 1e3], [-1e3, 0.2, 50.0], [1e3, 1e3, -1e3]])
-    ctx = jnp.ones((3, CTX_DIM))
-    z, log_det = bij.inverse_and_log_det(params, x, ctx)
+    fast = jitted(bij)
+    x = jnp.array([[50.0, -50.0, 1e3], [-1e3, 0.2, 50.0], [1e3, 1e3, -1e3], [-50.0, 50.0, -0.3]])
+    ctx = jnp.ones((4, CTX_DIM))
+    z, log_det = fast.inverse_and_log_det(params, x, ctx)
     assert np.all(np.isfinite(np.asarray(z))) and np.all(np.isfinite(np.asarray(log_det)))
-    np.testing.assert_allclose(np.asarray(bij.forward(params, z, ctx)), np.asarray(x), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(fast.forward(params, z, ctx)), np.asarray(x), rtol=1e-5, atol=1e-4)
 
 
 def test_spline_monotone_and_continuous_at_knots():
     bound, n_bins = 4.0, 8
     bij = SplineCoupling(2, 1, hidden=HIDDEN, activation=ACT, n_bins=n_bins, bound=bound)
-    params = perturb(bij.init(jax.random.PRNGKey(3)), jax.random.PRNGKey(4), 1.0)
+    params = perturb(bij.init(jax.random.PRNGKey(3)), jax.random.PRNGKey(4), 0.6)
+    fast = jitted(bij)
     x_a, ctx = 0.4, jnp.array([[0.3]])
 
     def column(v):
@@ -170,22 +195,25 @@ def test_spline_monotone_and_continuous_at_knots():
 
     # Strictly increasing in both directions, across the tails too.
     grid, c = column(np.linspace(-7.0, 7.0, 4001))
-    assert np.all(np.diff(np.asarray(bij.inverse(params, grid, c)[:, 1])) > 0)
-    assert np.all(np.diff(np.asarray(bij.forward(params, grid, c)[:, 1])) > 0)
+    assert np.all(np.diff(np.asarray(fast.inverse(params, grid, c)[:, 1])) > 0)
+    assert np.all(np.diff(np.asarray(fast.forward(params, grid, c)[:, 1])) > 0)
 
     xk, yk, dk = (np.asarray(a)[0, 0] for a in bij.knots(params, column([0.0])[0], ctx))
     assert xk[0] == -bound and xk[-1] == bound and yk[0] == -bound and yk[-1] == bound
     assert dk[0] == 1.0 and dk[-1] == 1.0
     assert np.all(np.diff(xk) > 0) and np.all(np.diff(yk) > 0) and np.all(dk > 0)
-    assert np.std(np.diff(xk)) > 0.05 and np.std(dk) > 0.05  # a genuinely non-uniform spline
-    delta = 1e-4
-    for direction, knots_in, knots_out, deriv in [("inv", xk, yk, dk), ("fwd", yk, xk, 1.0 / dk)]:
-        apply = bij.inverse_and_log_det if direction == "inv" else bij.forward_and_log_det
-        for offset in (-delta, 0.0, delta):
+    assert np.std(np.diff(xk)) > 0.1 and np.std(dk) > 0.1  # a genuinely non-uniform spline
+    delta = 1e-5
+    for apply, knots_in, knots_out, deriv in [
+        (fast.inverse_and_log_det, xk, yk, dk),  # data -> latent: x_k -> y_k with slope d_k
+        (fast.forward_and_log_det, yk, xk, 1.0 / dk),  # latent -> data: y_k -> x_k with slope 1 / d_k
+    ]:
+        for offset in (-delta, 0.0, delta):  # just below, at and just above every knot (incl. the ends ±B)
             pts, c = column(knots_in + offset)
             out, log_det = apply(params, pts, c)
-            # Value continuity: just inside/outside each knot lands next to the knot image.
-            np.testing.assert_allclose(np.asarray(out[:, 1]), knots_out, atol=3 * delta * max(deriv.max(), 1) + 2e-6)
+            # Value continuity: each side lands next to the knot image.
+            atol = 1.5 * delta * deriv.max() + 2e-6
+            np.testing.assert_allclose(np.asarray(out[:, 1]), knots_out, atol=atol)
             # Derivative continuity: the slope on both sides of a knot equals the knot derivative.
             np.testing.assert_allclose(np.exp(np.asarray(log_det)), deriv, rtol=2e-2)
 
@@ -196,8 +224,8 @@ def test_zero_conditioner_output_is_identity(kind):
     params = perturb(bij.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
     last = params["conditioner"][-1]
     params["conditioner"][-1] = {"w": jnp.zeros_like(last["w"]), "b": jnp.zeros_like(last["b"])}
-    x, ctx = data(32, 3, CTX_DIM, scale=2.0)
-    z, log_det = bij.inverse_and_log_det(params, x, ctx)
+    x, ctx = data(64, 3, CTX_DIM, scale=2.0)
+    z, log_det = jitted(bij).inverse_and_log_det(params, x, ctx)
     np.testing.assert_allclose(np.asarray(z), np.asarray(x), atol=2e-6)
     np.testing.assert_allclose(np.asarray(log_det), 0.0, atol=2e-6)
 
@@ -228,9 +256,7 @@ def test_config_round_trip(spec):
     config = json.loads(json.dumps(spec.config()))
     rebuilt = from_config(config)
     assert rebuilt == spec and hash(rebuilt) == hash(spec)
-    params = spec.init(jax.random.PRNGKey(0))
-    x, ctx = data(4, spec.dim, spec.context_dim)
-    np.testing.assert_array_equal(np.asarray(rebuilt.inverse(params, x, ctx)), np.asarray(spec.inverse(params, x, ctx)))
+    assert rebuilt.config() == spec.config()
 
 
 def test_split_defaults_and_validation():

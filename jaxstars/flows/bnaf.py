@@ -148,29 +148,43 @@ class BNAF(Bijector):
         idx = jnp.arange(self.dim)
         return w, log_w[idx, :, idx, :]
 
-    def _network(self, params, x, context=None):
-        """The BNAF network: returns ``(z, log dz_i/dx_i)``, both (n, dim)."""
-        check_context(self, context)
+    def _prepare(self, params, context):
+        """Everything that depends on parameters and context only: per layer ``(W, b, log diag blocks)``, and the
+        first layer's context ``(scale, shift, log scale)`` (or ``None``).  Computed once per root solve."""
+        layers = [(*self._weight(p, *shape), p["b"]) for p, shape in zip(params["layers"], self._block_shapes())]
+        film = None
+        if context is not None:
+            u = context @ params["context"]["w"] + params["context"]["b"]
+            width = u.shape[-1] // 2
+            scale = _SCALE_MIN + (_SCALE_MAX - _SCALE_MIN) * jax.nn.sigmoid(u[:, :width])
+            film = (scale, u[:, width:], jnp.log(scale))
+        return layers, film
+
+    def _apply(self, prepared, x):
+        """The BNAF network on prepared weights: returns ``(z, log dz_i/dx_i)``, both (n, dim)."""
+        layers, film = prepared
         act, log_dact = ACTIVATIONS[self.activation], _LOG_DERIVATIVES[self.activation]
-        n, shapes = x.shape[0], self._block_shapes()
+        n, d = x.shape
         h, log_g = x, None
-        for l, (layer, (b_out, b_in)) in enumerate(zip(params["layers"], shapes)):
-            w, log_w = self._weight(layer, b_out, b_in)
-            h = h @ w.T + layer["b"]
+        for l, (w, log_w, b) in enumerate(layers):
+            h = h @ w.T + b
             if l == 0:
-                log_g = jnp.broadcast_to(log_w[..., 0], (n, self.dim, b_out))  # first layer: in block size 1
-                if context is not None:
-                    u = context @ params["context"]["w"] + params["context"]["b"]
-                    width = self.dim * b_out
-                    scale = _SCALE_MIN + (_SCALE_MAX - _SCALE_MIN) * jax.nn.sigmoid(u[:, :width])
-                    h = scale * h + u[:, width:]
-                    log_g = log_g + jnp.log(scale).reshape(n, self.dim, b_out)
-            else:
+                log_g = jnp.broadcast_to(log_w[..., 0], (n, *log_w.shape[:2]))  # input block size is 1
+                if film is not None:
+                    scale, shift, log_scale = film
+                    h = scale * h + shift
+                    log_g = log_g + log_scale.reshape(log_g.shape)
+            else:  # log-space block product: log_g[k] <- logsumexp_j(log W[k, j] + log_g[j])
                 log_g = jax.nn.logsumexp(log_w[None] + log_g[:, :, None, :], axis=-1)
-            if l < len(shapes) - 1:
-                log_g = log_g + log_dact(h).reshape(n, self.dim, b_out)
+            if l < len(layers) - 1:
+                log_g = log_g + log_dact(h).reshape(log_g.shape)
                 h = act(h)
         return h, log_g[..., 0]
+
+    def _network(self, params, x, context=None):
+        """The BNAF network ``x → z``: returns ``(z, log dz_i/dx_i)``, both (n, dim)."""
+        check_context(self, context)
+        return self._apply(self._prepare(params, context), x)
 
     # -- density direction (the network) -----------------------------------------------------------------------
     def inverse_and_log_diag(self, params, x, context=None):
@@ -194,10 +208,11 @@ class BNAF(Bijector):
 
     def _jacobian(self, params, x, context):
         """Per-row Jacobians ``dz/dx`` of shape (n, dim, dim) (rows of the batch are independent)."""
+        prepared = self._prepare(params, context)
 
         def column(e):
             tangent = jnp.broadcast_to(e, x.shape)
-            return jax.jvp(lambda xx: self._network(params, xx, context)[0], (x,), (tangent,))[1]
+            return jax.jvp(lambda xx: self._apply(prepared, xx)[0], (x,), (tangent,))[1]
 
         return jnp.moveaxis(jax.vmap(column)(jnp.eye(self.dim, dtype=x.dtype)), 0, -1)
 
@@ -206,28 +221,34 @@ class BNAF(Bijector):
         """Solve ``f(x) = z`` one coordinate at a time (``z_i`` depends on ``x_{<=i}`` and increases in ``x_i``).
 
         For coordinate ``i`` with ``x_{<i}`` already solved: expand ``[lo, hi] = [-1, 1]`` by doubling steps until
-        the residual changes sign, bisect to relative width ``_TOL`` (absolute near 0), then take Newton steps using the exact
-        ``dz_i/dx_i`` from the log-Jacobian, clipped to the bracket.
+        the residual changes sign, bisect to relative width ``_TOL`` (absolute near 0), then take Newton steps with
+        the exact ``dz_i/dx_i`` from the log-Jacobian, clipped to the bracket.  Rows with no sign change after
+        ``_MAX_EXPAND`` doublings have no preimage and get NaN.
         """
+        prepared = self._prepare(params, context)
 
         def solve_coordinate(i, x):
             def residual(t):
-                zz, log_diag = self._network(params, x.at[:, i].set(t), context)
+                zz, log_diag = self._apply(prepared, x.at[:, i].set(t))
                 return zz[:, i] - z[:, i], jnp.exp(log_diag[:, i])
+
+            def residual_pair(lo, hi):  # one batched network evaluation for both ends of the bracket
+                r = jax.vmap(lambda t: residual(t)[0])(jnp.stack([lo, hi]))
+                return r[0], r[1]
 
             def expand(state):
                 k, lo, hi, r_lo, r_hi, step = state
                 too_high, too_low = r_lo > 0, r_hi < 0  # the root is below lo / above hi
                 new_lo = jnp.where(too_high, lo - step, jnp.where(too_low, hi, lo))
                 new_hi = jnp.where(too_low, hi + step, jnp.where(too_high, lo, hi))
-                return k + 1, new_lo, new_hi, residual(new_lo)[0], residual(new_hi)[0], 2 * step
+                return (k + 1, new_lo, new_hi, *residual_pair(new_lo, new_hi), 2 * step)
 
             def unbracketed(state):
                 k, _, _, r_lo, r_hi, _ = state
                 return (k < _MAX_EXPAND) & jnp.any((r_lo > 0) | (r_hi < 0))
 
             ones = jnp.ones_like(z[:, 0])
-            state = (0, -ones, ones, residual(-ones)[0], residual(ones)[0], ones)
+            state = (0, -ones, ones, *residual_pair(-ones, ones), ones)
             _, lo, hi, r_lo, r_hi, _ = jax.lax.while_loop(unbracketed, expand, state)
             found = (r_lo <= 0) & (r_hi >= 0)
 
@@ -242,11 +263,13 @@ class BNAF(Bijector):
                 return (k < _MAX_BISECT) & jnp.any(hi - lo > _TOL * (1 + jnp.maximum(jnp.abs(lo), jnp.abs(hi))))
 
             _, lo, hi = jax.lax.while_loop(wide, bisect, (0, lo, hi))
-            t = 0.5 * (lo + hi)
-            for _ in range(_NEWTON_STEPS):
+
+            def newton(_, t):
                 r, slope = residual(t)
-                newton = t - r / slope
-                t = jnp.clip(jnp.where(jnp.isfinite(newton), newton, t), lo, hi)
+                step = t - r / slope
+                return jnp.clip(jnp.where(jnp.isfinite(step), step, t), lo, hi)
+
+            t = jax.lax.fori_loop(0, _NEWTON_STEPS, newton, 0.5 * (lo + hi))
             return x.at[:, i].set(jnp.where(found, t, jnp.nan))
 
         return jax.lax.fori_loop(0, self.dim, solve_coordinate, jnp.zeros_like(z))

@@ -16,6 +16,7 @@ the log-det of the discretised map by the RK4 error, ``O(h^4)``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -105,46 +106,53 @@ class CNF(Bijector):
         velocity, jv = jax.jvp(lambda y: self.vector_field(params, y, t, context), (x,), (probe,))
         return velocity, jnp.sum(probe * jv, axis=-1)
 
-    def _integrate(self, params, x, context, key, backward: bool):
-        """Classic RK4 for the augmented state ``(x, log-det)`` over ``[0, t1]`` (or back from ``t1`` to 0)."""
-        check_context(self, context)
-        if self.trace == "hutchinson" and key is None:
-            key = jax.random.key(self.hutchinson_seed)
-        h = self.t1 / self.n_steps
-        dt = -h if backward else h
-
-        def step(carry, j):
-            y, log_det = carry
-            t = (j + 1) * h if backward else j * h  # start of the step in the direction of integration
-            probe = None
-            if self.trace == "hutchinson":
-                probe = jax.random.rademacher(jax.random.fold_in(key, j), y.shape, y.dtype)
-            k1, l1 = self._dynamics(params, y, t, context, probe)
-            k2, l2 = self._dynamics(params, y + 0.5 * dt * k1, t + 0.5 * dt, context, probe)
-            k3, l3 = self._dynamics(params, y + 0.5 * dt * k2, t + 0.5 * dt, context, probe)
-            k4, l4 = self._dynamics(params, y + dt * k3, t + dt, context, probe)
-            y = y + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-            log_det = log_det + dt / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
-            return (y, log_det), None
-
-        init = (x, jnp.zeros(x.shape[:-1], x.dtype))
-        (y, log_det), _ = jax.lax.scan(step, init, jnp.arange(self.n_steps), reverse=backward)
-        return y, log_det
-
     # -- Bijector contract -----------------------------------------------------------------------------------------
     def forward_and_log_det(self, params, z, context=None, *, key=None):
         """Latent → data: integrate from 0 to ``t1``; returns ``(x, ∫ tr(∂f/∂x) dt)`` = ``(x, log|det dx/dz|)``.
 
         ``key`` (optional) seeds the Hutchinson probes; it is ignored by the exact trace.
         """
-        return self._integrate(params, z, context, key, backward=False)
+        check_context(self, context)
+        return _solve(self, params, z, context, key, backward=False)
 
     def inverse_and_log_det(self, params, x, context=None, *, key=None):
         """Data → latent: integrate from ``t1`` back to 0; returns ``(z, -∫ tr dt)`` = ``(z, log|det dz/dx|)``.
 
         ``key`` (optional) seeds the Hutchinson probes; it is ignored by the exact trace.
         """
-        return self._integrate(params, x, context, key, backward=True)
+        check_context(self, context)
+        return _solve(self, params, x, context, key, backward=True)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "backward"))
+def _solve(spec: CNF, params, x, context, key, backward: bool):
+    """Classic RK4 for the augmented state ``(x, log-det)`` over ``[0, t1]`` (or back from ``t1`` to 0).
+
+    Jitted with the (hashable) spec static, so eager calls -- e.g. ``Flow.log_prob`` outside ``jit`` -- compile
+    the solver once per spec and input shape instead of on every call; inside an outer ``jit`` it is inlined.
+    """
+    if spec.trace == "hutchinson" and key is None:
+        key = jax.random.key(spec.hutchinson_seed)
+    h = spec.t1 / spec.n_steps
+    dt = -h if backward else h
+
+    def step(carry, j):
+        y, log_det = carry
+        t = (j + 1) * h if backward else j * h  # start of step j in the direction of integration
+        probe = None
+        if spec.trace == "hutchinson":
+            probe = jax.random.rademacher(jax.random.fold_in(key, j), y.shape, y.dtype)
+        k1, l1 = spec._dynamics(params, y, t, context, probe)
+        k2, l2 = spec._dynamics(params, y + 0.5 * dt * k1, t + 0.5 * dt, context, probe)
+        k3, l3 = spec._dynamics(params, y + 0.5 * dt * k2, t + 0.5 * dt, context, probe)
+        k4, l4 = spec._dynamics(params, y + dt * k3, t + dt, context, probe)
+        y = y + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        log_det = log_det + dt / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
+        return (y, log_det), None
+
+    init = (x, jnp.zeros(x.shape[:-1], x.dtype))
+    (y, log_det), _ = jax.lax.scan(step, init, jnp.arange(spec.n_steps), reverse=backward)
+    return y, log_det
 
 
 def cnf(
