@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--hidden", type=int, default=64)
     qs.add_argument("--seed", type=int, default=0)
     qs.set_defaults(func=quickstart)
+    from jaxstars.astro.dust_cli import add_dust_arguments
+
+    add_dust_arguments(sub.add_parser("dust", help="add dust reddening (mean, std) columns to a table"))
     args = parser.parse_args(argv)
     if args.version:
         from jaxstars import __version__

@@ -35,11 +35,11 @@ def perturb(params, key, scale=0.3):
     return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
 
 
-@functools.lru_cache(maxsize=None)
-def setup(name, n=64, **options):
+@functools.cache
+def setup(name, n=64):
     """(bijector, params, x, context) with x ~ N(0, I) test points and a random context per point."""
     dim, context_dim, seed = CONFIGS[name]
-    bij = cnf(dim, context_dim, **options)
+    bij = cnf(dim, context_dim)
     params = perturb(bij.init(jax.random.key(10 * seed)), jax.random.key(10 * seed + 1))
     x = jax.random.normal(jax.random.key(2), (n, dim))
     context = None if context_dim == 0 else jax.random.normal(jax.random.key(3), (n, context_dim))
@@ -107,38 +107,41 @@ def test_round_trip(name):
     # 5e-4 (abs and rel) leaves room for float32 round-off while any real error in the inverse (wrong time
     # direction, wrong stage times) shows up at the 1e-2 to 1 level.
     bij, params, x, context = setup(name)
-    ctx = None if context is None else context[:32]
-    check_round_trip(bij, params, x[:32], ctx, atol=5e-4)
+    check_round_trip(bij, params, x, context, atol=5e-4)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", ["2d", "2d_ctx"])
 def test_log_det_matches_jacobian(name):
     # The returned log-det is the RK4-integrated trace; the log-det of the discretised map differs from it by
     # the RK4 error O(h^4), measured <= 7e-4 at 20 steps on these points (the log-dets themselves are O(1)).
+    # The 3-D configurations are compared with jacfwd at 64 points in test_log_det_converges_at_fourth_order.
     bij, params, x, context = setup(name)
-    ctx = None if context is None else context[:3]
-    check_log_det(bij, params, x[:3], ctx, rtol=0.0, atol=2e-3)
+    ctx = None if context is None else context[:2]
+    check_log_det(bij, params, x[:2], ctx, rtol=0.0, atol=2e-3)
 
 
 def _log_det_discrepancy(name, n_steps, inverse):
-    """Mean |integrated trace - log|det jacfwd(discretised map)|| over the test points."""
+    """Mean |integrated trace - log|det J|| over the test points, J the Jacobian of the discretised map."""
     _, params, x, context = setup(name)
     bij = cnf(CONFIGS[name][0], CONFIGS[name][1], n_steps=n_steps)
     method = bij.inverse_and_log_det if inverse else bij.forward_and_log_det
 
-    def ref_log_det(xi, ci):
-        def one(y):
-            return method(params, y[None], None if ci is None else ci[None])[0][0]
+    @jax.jit
+    def discrepancy(x, context):
+        def flow_map(v):
+            return method(params, v, context)[0]
 
-        return jnp.linalg.slogdet(jax.jacfwd(one)(xi))[1]
+        # Rows are mapped independently, so the JVP along e_k (for every row at once) is column k of each row's
+        # Jacobian: jax.jacfwd of the per-row map, batched.
+        basis = jnp.eye(bij.dim, dtype=x.dtype)
+        columns = [jax.jvp(flow_map, (x,), (jnp.broadcast_to(e, x.shape),))[1] for e in basis]
+        reference = jnp.linalg.slogdet(jnp.stack(columns, axis=-1))[1]
+        return jnp.mean(jnp.abs(method(params, x, context)[1] - reference))
 
-    _, log_det = jax.jit(method)(params, x, context)
-    reference = jax.jit(jax.vmap(ref_log_det))(x, context)
-    return float(jnp.abs(log_det - reference).mean())
+    return float(discrepancy(x, context))
 
 
-@pytest.mark.parametrize("name", ["3d", "3d_ctx"])
-@pytest.mark.parametrize("inverse", [True, False])
+@pytest.mark.parametrize("name, inverse", [("3d_ctx", True), ("3d", False)])
 def test_log_det_converges_at_fourth_order(name, inverse):
     # Both the integrated trace and the discretised map's log-det approximate the exact flow's log-det to O(h^4),
     # so their discrepancy must fall ~16x per halving of h.  A trace integrated at lower order (e.g. only the
@@ -166,48 +169,48 @@ def test_samples_match_density(name):
     flow, context = Flow(bij), fixed_context(name)
     # sample_and_log_prob uses the forward solve and log_prob the backward one: they agree to the RK4
     # round-trip error, far below the 1e-3 tolerance.
-    check_samples_match_density(flow, params, jax.random.key(5), context, n=2000, tol=1e-3)
+    check_samples_match_density(flow, params, jax.random.key(5), context, n=4000, tol=1e-3)
     check_sample_mean_matches_quadrature(flow, params, jax.random.key(6), context, n_grid=161, n=20000)
 
 
 # -- Hutchinson ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("inverse", [True, False])
-def test_hutchinson_is_unbiased(inverse):
-    name, n_points, n_keys = "3d_ctx", 8, 2000
+def test_hutchinson_is_unbiased():
+    name, n_points, n_keys = "3d_ctx", 8, 1000
     exact, params, x, context = setup(name)
     x, context = x[:n_points], context[:n_points]
     hutch = cnf(3, 3, trace="hutchinson")
-    exact_method = exact.inverse_and_log_det if inverse else exact.forward_and_log_det
-    hutch_method = hutch.inverse_and_log_det if inverse else hutch.forward_and_log_det
-    y_exact, ld_exact = exact_method(params, x, context)
 
     @jax.jit
     def estimates(keys):
-        return jax.vmap(lambda k: hutch_method(params, x, context, key=k))(keys)
+        def both(k):
+            return hutch.inverse_and_log_det(params, x, context, key=k), hutch.forward_and_log_det(
+                params, x, context, key=k
+            )
 
-    y_hutch, ld_hutch = estimates(jax.random.split(jax.random.key(7), n_keys))
-    # The probes only touch the log-det: the map itself is the exact one for every key.
-    np.testing.assert_allclose(np.asarray(y_hutch), np.broadcast_to(np.asarray(y_exact), y_hutch.shape), atol=1e-5)
-    ld_hutch = np.asarray(ld_hutch, np.float64)
-    std = ld_hutch.std(0)
-    assert np.all(std > 1e-2), std  # genuinely stochastic (so the comparison below has teeth)
-    standard_error = std / np.sqrt(n_keys)
-    # 4 standard errors per point (8 points); the 1e-5 covers float32 round-off in the exact log-det.
-    assert np.all(np.abs(ld_hutch.mean(0) - np.asarray(ld_exact)) < 4 * standard_error + 1e-5), (
-        ld_hutch.mean(0) - np.asarray(ld_exact),
-        standard_error,
-    )
+        return jax.vmap(both)(keys)
+
+    results = estimates(jax.random.split(jax.random.key(7), n_keys))
+    for (y_hutch, ld_hutch), method in zip(results, [exact.inverse_and_log_det, exact.forward_and_log_det]):
+        y_exact, ld_exact = method(params, x, context)
+        # The probes only touch the log-det: the map itself is the exact one for every key.
+        y_exact = np.broadcast_to(np.asarray(y_exact), y_hutch.shape)
+        np.testing.assert_allclose(np.asarray(y_hutch), y_exact, atol=1e-5)
+        ld_hutch = np.asarray(ld_hutch, np.float64)
+        std = ld_hutch.std(0)
+        assert np.all(std > 1e-2), std  # genuinely stochastic (so the comparison below has teeth)
+        standard_error = std / np.sqrt(n_keys)
+        # 4 standard errors per point (8 points); the 1e-5 covers float32 round-off in the exact log-det.
+        bias = ld_hutch.mean(0) - np.asarray(ld_exact)
+        assert np.all(np.abs(bias) < 4 * standard_error + 1e-5), (bias, standard_error)
 
 
 def test_hutchinson_without_key_uses_the_seed():
     _, params, x, context = setup("3d_ctx")
     x, context = x[:8], context[:8]
     flow = Flow(cnf(3, 3, trace="hutchinson", hutchinson_seed=1))
-    lp = flow.log_prob(params, x, context)
+    lp = flow.log_prob(params, x, context)  # works without a key, as Flow passes none
     np.testing.assert_array_equal(np.asarray(lp), np.asarray(flow.log_prob(params, x, context)))
-    other = Flow(cnf(3, 3, trace="hutchinson", hutchinson_seed=2)).log_prob(params, x, context)
-    assert float(jnp.abs(lp - other).max()) > 1e-3
-    # An explicit key overrides the seed.
+    # No key means key(hutchinson_seed); an explicit key overrides it.
     bij = flow.bijector
     _, ld_seed = bij.inverse_and_log_det(params, x, context)
     _, ld_key1 = bij.inverse_and_log_det(params, x, context, key=jax.random.key(1))
@@ -246,21 +249,24 @@ def test_jit_and_vmap():
 
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_grad_matches_finite_differences(trace):
-    _, params, x, context = setup("3d_ctx")
+    # A smaller field than GalaxyFlow's keeps the compile of the reverse pass cheap; the mechanism is the same.
+    flow = Flow(cnf(3, 3, hidden=(16, 16), trace=trace))
+    params = perturb(flow.init(jax.random.key(50)), jax.random.key(51))
+    _, _, x, context = setup("3d_ctx")
     x, context = x[:16], context[:16]
-    flow = Flow(cnf(3, 3, trace=trace))
 
     @jax.jit
-    def loss(p):
+    @jax.value_and_grad
+    def loss_and_grad(p):
         return -jnp.mean(flow.log_prob(p, x, context))
 
-    grads = jax.grad(loss)(params)
+    _, grads = loss_and_grad(params)
     direction = perturb(jax.tree.map(jnp.zeros_like, params), jax.random.key(12), scale=1.0)
     analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
     eps = 3e-4
 
     def shifted(sign):
-        return loss(jax.tree.map(lambda p, d: p + sign * eps * d, params, direction))
+        return loss_and_grad(jax.tree.map(lambda p, d: p + sign * eps * d, params, direction))[0]
 
     numeric = float(shifted(1.0) - shifted(-1.0)) / (2 * eps)
     # Central differences along a direction moving every parameter: O(eps^2) truncation (measured 2e-4

@@ -171,3 +171,28 @@ def test_data_parallel_over_two_host_devices_matches_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_weight_decay_skips_running_statistics_and_clipping_bounds_updates():
+    from jaxstars.flows.train import _decay_mask, make_optimizer
+
+    flow = Flow(maf(2, 2, 8))
+    params = flow.init(jax.random.PRNGKey(0))
+    mask = jax.tree_util.tree_flatten_with_path(_decay_mask(params))[0]
+    for path, decayed in mask:
+        is_running = "running" in jax.tree_util.keystr(path)
+        assert decayed == (not is_running), jax.tree_util.keystr(path)
+    # Huge weight decay with zero gradients shrinks weights but leaves running statistics untouched.
+    opt = make_optimizer(1e-1, weight_decay=1.0, clip_norm=1.0)
+    state = opt.init(params)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = opt.update(zero, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(np.asarray(new[1]["running_var"]), np.asarray(params[1]["running_var"]))
+    w_old = np.asarray(params[0]["layers"][0]["w"])
+    np.testing.assert_allclose(np.asarray(new[0]["layers"][0]["w"]), w_old * (1 - 0.1), rtol=1e-5)
+    # Clipping: a gradient of global norm 1000 yields Adam-normalised steps no larger than the learning rate.
+    big = jax.tree_util.tree_map(lambda a: 1000.0 * jnp.ones_like(a), params)
+    updates, _ = make_optimizer(1e-2, clip_norm=1.0).update(big, make_optimizer(1e-2, clip_norm=1.0).init(params),
+                                                             params)
+    assert max(float(jnp.abs(u).max()) for u in jax.tree_util.tree_leaves(updates)) <= 1e-2 + 1e-6

@@ -48,7 +48,9 @@ class _Coupling(Bijector):
 
     def __post_init__(self):
         if self.dim < 2:
-            raise ValueError(f"{type(self).__name__} needs dim >= 2 (one part to condition on), got dim={self.dim}")
+            raise ValueError(
+                f"{type(self).__name__} needs dim >= 2 (one part to condition on), got dim={self.dim}"
+            )
         split = self.dim // 2 if self.split is None else int(self.split)
         if not 1 <= split < self.dim:
             raise ValueError(f"{type(self).__name__}: split must satisfy 1 <= split < dim={self.dim}, got {split}")
@@ -102,11 +104,11 @@ class _Coupling(Bijector):
 @register
 @dataclass(frozen=True)
 class AffineCoupling(_Coupling):
-    """RealNVP affine coupling (Dinh, Sohl-Dickstein & Bengio 2017, eqs. 4-6).
+    """RealNVP affine coupling (Dinh, Sohl-Dickstein & Bengio 2017, §3.2-3.3).
 
-    Sampling direction ``x_b = z_b * exp(s(z_a, c)) + t(z_a, c)``, ``x_a = z_a``, with ``log|det dx/dz| = sum s``
-    (their eq. 6).  The log-scale is soft-clamped, ``s = scale_bound * tanh(s_raw / scale_bound)``, so one layer
-    can stretch a coordinate by at most ``exp(scale_bound)``; this keeps early training stable.
+    Sampling direction ``x_b = z_b * exp(s(z_a, c)) + t(z_a, c)``, ``x_a = z_a``, with ``log|det dx/dz| = sum s``.
+    The log-scale is soft-clamped, ``s = scale_bound * tanh(s_raw / scale_bound)``, so one layer can stretch or
+    shrink a coordinate by at most ``exp(scale_bound)``; this keeps early training stable.
 
     Parameters
     ----------
@@ -130,9 +132,9 @@ class AffineCoupling(_Coupling):
         return z_b * jnp.exp(log_scale) + shift, log_scale
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
 # Rational-quadratic spline (Durkan, Bekasov, Murray & Papamakarios 2019, "Neural Spline Flows", §3.1 + App. A)
-# ------------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def spline_knots(raw, bound, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3):
@@ -169,14 +171,15 @@ def rational_quadratic_spline(u, raw, bound, inverse=False, **mins):
     """Monotone rational-quadratic spline on ``[-bound, bound]`` with identity tails, applied elementwise.
 
     ``u`` has shape ``S`` and ``raw`` shape ``S + (3K - 1,)`` (see :func:`spline_knots`; ``mins`` are passed
-    there).  Inside the interval, in bin ``k`` with ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k``, the map is
-    Durkan et al. eq. 4,
+    there).  Inside the interval, in bin ``k`` with ``xi = (x - x_k) / w_k``, ``s_k = h_k / w_k``, the map is the
+    rational-quadratic segment of Gregory & Delbourgo (1982) used by Durkan et al. (2019, §3.1),
 
         g(x) = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)],
 
-    with derivative eq. 5.  ``inverse=True`` evaluates ``g^{-1}`` exactly by the stable root of the quadratic
-    in ``xi`` (App. A, eqs. 6-8: ``xi = 2c / (-b - sqrt(b^2 - 4ac))``).  Outside ``[-bound, bound]`` the map is
-    the identity with zero log-derivative.  Returns ``(output, log|d output / d u|)``, both of shape ``S``.
+    with the closed-form derivative given there.  ``inverse=True`` evaluates ``g^{-1}`` exactly as the stable root
+    of the quadratic in ``xi`` (Durkan et al., App. A: ``xi = 2c / (-b - sqrt(b^2 - 4ac))``).  Outside
+    ``[-bound, bound]`` the map is the identity with zero log-derivative.  Returns
+    ``(output, log|d output / d u|)``, both of shape ``S``.
     """
     xk, yk, dk = spline_knots(raw, bound, **mins)
     inside = (u >= -bound) & (u <= bound)
@@ -201,7 +204,7 @@ def rational_quadratic_spline(u, raw, bound, inverse=False, **mins):
     denom = s + (d1 + d0 - 2.0 * s) * t
     if not inverse:
         out = y0 + h * (s * xi**2 + d0 * t) / denom
-    # Eq. 5: dg/dx = s^2 [d_{k+1} xi^2 + 2 s xi(1-xi) + d_k (1-xi)^2] / denom^2
+    # dg/dx = s^2 [d_{k+1} xi^2 + 2 s xi(1-xi) + d_k (1-xi)^2] / denom^2
     log_deriv = 2.0 * jnp.log(s) + jnp.log(d1 * xi**2 + 2.0 * s * t + d0 * (1.0 - xi) ** 2) - 2.0 * jnp.log(denom)
     log_deriv = -log_deriv if inverse else log_deriv
     return jnp.where(inside, out, u), jnp.where(inside, log_deriv, 0.0)
@@ -245,9 +248,8 @@ class SplineCoupling(_Coupling):
         return 3 * self.n_bins - 1
 
     def _mins(self):
-        return dict(
-            min_bin_width=self.min_bin_width, min_bin_height=self.min_bin_height, min_derivative=self.min_derivative
-        )
+        names = ("min_bin_width", "min_bin_height", "min_derivative")
+        return {name: getattr(self, name) for name in names}
 
     def knots(self, params, x, context=None):
         """Spline knots ``(x_k, y_k, d_k)`` used for each transformed coordinate of ``x``.
@@ -265,9 +267,9 @@ class SplineCoupling(_Coupling):
         return rational_quadratic_spline(z_b, raw, self.bound, inverse=True, **self._mins())
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
 # Builders
-# ------------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def _stack(coupling: Bijector, n_layers: int) -> Bijector:
