@@ -129,7 +129,9 @@ def cases(quick: bool):
         "b_bnaf_dim8_ctx2_depth3_block4_2layers",
         lambda: run_jaxstars(bnaf(8, 2, n_layers=2, depth=3, block_dim=4), x8, c2, steps, reps),
         lambda: run_flowjax(
-            lambda k: block_neural_autoregressive_flow(k, base_dist=Normal(jnp.zeros(8)), cond_dim=2, nn_depth=3,
+            # jaxstars depth counts block-linear layers (3 = dim→4dim→4dim→dim, FLOWER's dim θ = 24 (…)²);
+            # flowjax's nn_depth counts hidden layers, so the same network is nn_depth=2.
+            lambda k: block_neural_autoregressive_flow(k, base_dist=Normal(jnp.zeros(8)), cond_dim=2, nn_depth=2,
                                                        nn_block_dim=4, flow_layers=2),
             x8, c2, steps, reps),
     )
@@ -145,10 +147,18 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer timed steps (smoke run)")
     args = parser.parse_args(argv)
     results = {}
+    repeats = 1 if args.quick else 3
     for name, ours, theirs in cases(args.quick):
-        row = {"jaxstars": ours()}
+        # Alternate the two libraries `repeats` times and keep each one's median run, so that load changes on a
+        # shared machine hit both sides alike.
+        runs_j, runs_f = [], []
+        for _ in range(repeats):
+            runs_j.append(ours())
+            if theirs is not None:
+                runs_f.append(theirs())
+        row = {"jaxstars": _median_run(runs_j), "repeats": repeats}
         if theirs is not None:
-            row["flowjax"] = theirs()
+            row["flowjax"] = _median_run(runs_f)
             j, f = row["jaxstars"], row["flowjax"]
             row["ratio"] = {
                 "train_steps_per_s": j["train_steps_per_s"] / f["train_steps_per_s"],
@@ -171,6 +181,11 @@ def main(argv=None):
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {RESULTS}")
+
+
+def _median_run(runs):
+    """Per-metric median over repeated runs."""
+    return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
 
 
 def print_row(name, row):

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Params = Any
@@ -271,8 +272,14 @@ class Permute(Bijector):
     def init(self, key):
         return {}
 
+    def _apply(self, x, permutation):
+        # A reversal is a flip: cheaper than a gather, and its transpose is not a scatter-add.
+        if tuple(permutation) == tuple(range(self.dim - 1, -1, -1)):
+            return jnp.flip(x, axis=-1)
+        return x[..., jnp.asarray(permutation)]
+
     def inverse_and_log_det(self, params, x, context=None):
-        return x[..., jnp.asarray(self.permutation)], jnp.zeros(x.shape[:-1], x.dtype)
+        return self._apply(x, self.permutation), jnp.zeros(x.shape[:-1], x.dtype)
 
     def inverse_and_log_diag(self, params, x, context=None):
         if not self.triangular:
@@ -280,5 +287,5 @@ class Permute(Bijector):
         return x, jnp.zeros_like(x)
 
     def forward_and_log_det(self, params, z, context=None):
-        inverse_perm = jnp.argsort(jnp.asarray(self.permutation))
-        return z[..., inverse_perm], jnp.zeros(z.shape[:-1], z.dtype)
+        inverse_perm = tuple(int(i) for i in np.argsort(self.permutation))
+        return self._apply(z, inverse_perm), jnp.zeros(z.shape[:-1], z.dtype)

@@ -20,7 +20,8 @@ def made_masks(dim: int, hidden: tuple[int, ...], context_dim: int = 0) -> list[
     """Autoregressive masks for a MADE with the natural input ordering 1..dim.
 
     Input ``i`` has degree ``i`` (1-based), context inputs degree 0 (visible to every unit); hidden units get
-    degrees cycling through ``1 .. dim-1``.  A weight from degree ``a`` to a hidden degree ``b`` is kept when
+    degrees ``1 .. dim-1`` in equal shares, *sorted*, so that every hidden→hidden mask is block upper-triangular
+    (see :func:`_hidden_blocks`).  A weight from degree ``a`` to a hidden degree ``b`` is kept when
     ``b >= a``; a weight to output ``i`` is kept when ``i > a`` (strict), so output ``i`` depends on inputs
     ``< i`` only.  Returns one ``(fan_in, fan_out)`` mask per layer; the output layer mask is for one of the
     ``dim`` outputs per parameter set (it is tiled by the caller).
@@ -29,12 +30,37 @@ def made_masks(dim: int, hidden: tuple[int, ...], context_dim: int = 0) -> list[
     masks = []
     previous = in_degrees
     for width in hidden:
-        degrees = np.arange(width) % max(dim - 1, 1) + 1
+        degrees = _hidden_degrees(dim, width)
         masks.append((degrees[None, :] >= previous[:, None]).astype(np.float32))
         previous = degrees
     out_degrees = np.arange(1, dim + 1)
     masks.append((out_degrees[None, :] > previous[:, None]).astype(np.float32))
     return masks
+
+
+def _hidden_degrees(dim: int, width: int) -> np.ndarray:
+    return np.sort(np.arange(width) % max(dim - 1, 1) + 1)
+
+
+def _hidden_blocks(dim: int, width: int) -> list[tuple[int, int]]:
+    """Column ranges ``[start, stop)`` of hidden units sharing one degree (degrees sorted ascending).
+
+    With sorted degrees, the hidden units of degree ``k`` may see exactly the *prefix* of the previous hidden layer
+    with degree ``<= k``.  A masked hidden→hidden product is then one dense product per block over a prefix,
+    skipping the masked-out (zero) part: for ``dim = 3`` this does 3/4 of the dense work.
+    """
+    degrees = _hidden_degrees(dim, width)
+    edges = np.flatnonzero(np.diff(degrees)) + 1
+    bounds = [0, *edges.tolist(), width]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _block_masked_matmul(h, w, blocks_in, blocks_out):
+    """``h @ (w * mask)`` for a hidden→hidden MADE mask, as prefix products (equal degrees on both sides)."""
+    pieces = []
+    for (start, stop), (_, in_stop) in zip(blocks_out, blocks_in):
+        pieces.append(h[..., :in_stop] @ w[:in_stop, start:stop])
+    return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
 
 
 @register
@@ -75,8 +101,13 @@ class MADE(Bijector):
         act = ACTIVATIONS[self.activation]
         layers = params["layers"]
         masks = self._masks()
-        for layer, mask in zip(layers[:-1], masks[:-1]):
-            h = act(h @ (layer["w"] * mask) + layer["b"])
+        h = act(h @ (layers[0]["w"] * masks[0]) + layers[0]["b"])
+        for i, layer in enumerate(layers[1:-1], start=1):
+            if self.hidden[i - 1] == self.hidden[i]:
+                blocks = _hidden_blocks(self.dim, self.hidden[i])
+                h = act(_block_masked_matmul(h, layer["w"], blocks, blocks) + layer["b"])
+            else:
+                h = act(h @ (layer["w"] * masks[i]) + layer["b"])
         out = h @ (layers[-1]["w"] * masks[-1]) + layers[-1]["b"]
         return out[..., : self.dim], out[..., self.dim :]
 
