@@ -68,6 +68,7 @@ from jaxstars.astro.schema import (
     mag_err_column,
     require_columns,
 )
+from jaxstars.astro.bands import get_band
 from jaxstars.data import data_file
 
 MAG_PER_LN_FLUX = 2.5 / np.log(10.0)
@@ -88,7 +89,7 @@ UNWISE_VEGA_ZP = 22.5
 PS1_JY_ZP = 2.5 * np.log10(3631.0)
 """PS1 fluxes are in Jy on the AB system: m_AB = −2.5 log₁₀(F / 3631 Jy) = 8.90 − 2.5 log₁₀ F."""
 
-UNWISE_AB_MINUS_VEGA: dict[str, float] = {"W1": 2.699, "W2": 3.339}
+UNWISE_AB_MINUS_VEGA: dict[str, float] = {band: get_band(band).vega_to_ab for band in ("W1", "W2")}
 """m_AB − m_Vega for unWISE W1/W2 (Schlafly et al. 2019), the offsets Green et al. (2021) §2.1 applied."""
 
 _MAG_SENTINEL = 90.0
@@ -454,6 +455,7 @@ _SUFFIX_FORMATS = {
     ".ecsv": "ecsv",
     ".h5": "hdf5",
     ".hdf5": "hdf5",
+    ".hdf": "hdf5",
     ".vot": "votable",
     ".xml": "votable",
     ".votable": "votable",
@@ -514,20 +516,7 @@ def read_catalog(
     astropy.table.Table
         The canonical table (see :mod:`jaxstars.astro.schema`).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"catalog file {path} not found")
-    fmt = _format_of(path, format)
-    if fmt == "parquet":
-        _need("pyarrow", "Parquet catalogs")
-    if fmt == "hdf5":
-        _need("h5py", "HDF5 catalogs")
-        read_kwargs.setdefault("path", _default_hdf5_path(path))
-    with warnings.catch_warnings():
-        # Archive files carry units astropy cannot parse (e.g. "'electron'.s**-1" on Gaia fluxes); columns with
-        # canonical units are checked strictly in to_canonical, the rest are not used as quantities.
-        warnings.simplefilter("ignore", u.UnitsWarning)
-        table = Table.read(path, format=_ASTROPY_FORMATS[fmt], **read_kwargs)
+    table = read_table(path, format, **read_kwargs)
     return to_canonical(
         table,
         required=required,
@@ -545,17 +534,43 @@ def write_catalog(table: Table, path: str | Path, format: str | None = None, *, 
     units: the reader restores the canonical ones).
     """
     check_schema(table)
-    path = Path(path)
-    fmt = _format_of(path, format)
     out = table.copy(copy_data=False)
     out.meta["SCHEMA"] = SCHEMA_VERSION
+    write_table(out, path, format, overwrite=overwrite)
+
+
+def read_table(path: str | Path, format: str | None = None, **read_kwargs) -> Table:
+    """Read any table file as it is (no schema mapping): FITS, Parquet, CSV/ECSV, HDF5 or VOTable.
+
+    The one place that turns file names into formats; :func:`read_catalog` and the ``jaxstars dust`` command use it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table file {path} not found")
+    fmt = _format_of(path, format)
+    if fmt == "parquet":
+        _need("pyarrow", "Parquet catalogs")
+    if fmt == "hdf5":
+        _need("h5py", "HDF5 catalogs")
+        read_kwargs.setdefault("path", _default_hdf5_path(path))
+    with warnings.catch_warnings():
+        # Archive files carry units astropy cannot parse (e.g. "'electron'.s**-1" on Gaia fluxes); columns with
+        # canonical units are checked strictly in to_canonical, the rest are not used as quantities.
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        return Table.read(path, format=_ASTROPY_FORMATS[fmt], **read_kwargs)
+
+
+def write_table(table: Table, path: str | Path, format: str | None = None, *, overwrite: bool = False) -> None:
+    """Write any table to the format its suffix (or ``format``) names; HDF5 goes to the dataset ``catalog``."""
+    path = Path(path)
+    fmt = _format_of(path, format)
     kwargs = {}
     if fmt == "parquet":
         _need("pyarrow", "Parquet catalogs")
     if fmt == "hdf5":
         _need("h5py", "HDF5 catalogs")
         kwargs = {"path": _HDF5_PATH, "serialize_meta": True}
-    out.write(path, format=_ASTROPY_FORMATS[fmt], overwrite=overwrite, **kwargs)
+    table.write(path, format=_ASTROPY_FORMATS[fmt], overwrite=overwrite, **kwargs)
 
 
 def _default_hdf5_path(path: Path) -> str | None:

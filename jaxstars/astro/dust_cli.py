@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxstars.astro.catalog_io import _format_of, read_table, write_table
+
 __all__ = ["add_dust_arguments", "dust_command", "run_dust_command"]
 
 _GALACTIC_NAMES = (("l", "b"), ("glon", "glat"), ("gal_l", "gal_b"), ("l_deg", "b_deg"), ("lgal", "bgal"))
@@ -33,50 +35,10 @@ _ICRS_NAMES = (
     ("ra_j2000", "dec_j2000"),
 )
 _DISTANCE_NAMES = ("distance_pc", "distance", "dist", "r_med_geo", "r_med_photogeo")
-_FORMATS = {
-    ".fits": "fits",
-    ".fit": "fits",
-    ".fits.gz": "fits",
-    ".csv": "ascii.csv",
-    ".ecsv": "ascii.ecsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".hdf": "hdf5",
-    ".vot": "votable",
-    ".votable": "votable",
-    ".xml": "votable",
-}
-
-
-def _format_of(path: Path) -> str | None:
-    name = path.name.lower()
-    for suffix in sorted(_FORMATS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return _FORMATS[suffix]
-    return None
-
-
 def _read_table(path: Path) -> Any:
-    from astropy.table import Table
-
     if not path.is_file():
         raise FileNotFoundError(f"input table not found: {path}")
-    fmt = _format_of(path)
-    return Table.read(path, format=fmt) if fmt else Table.read(path)
-
-
-def _write_table(table: Any, path: Path, overwrite: bool) -> None:
-    fmt = _format_of(path)
-    if fmt is None:
-        raise ValueError(
-            f"cannot tell the output format from {path.name!r}; use one of: {', '.join(sorted(_FORMATS))}"
-        )
-    kwargs: dict[str, Any] = {"format": fmt, "overwrite": overwrite}
-    if fmt == "hdf5":
-        kwargs.update(path="data", serialize_meta=True)
-    table.write(path, **kwargs)
+    return read_table(path)
 
 
 def _find(colnames: list[str], name: str) -> str | None:
@@ -204,10 +166,7 @@ def run_dust_command(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"output {output_path} exists; pass --overwrite to replace it")
-    if _format_of(output_path) is None:
-        raise ValueError(
-            f"cannot tell the output format from {output_path.name!r}; use one of: {', '.join(sorted(_FORMATS))}"
-        )
+    _format_of(output_path, None)  # fail before any work when the output format is unknown
     kwargs = dict(map_kwargs or {})
     if map_path is not None:
         kwargs["path"] = map_path
@@ -265,7 +224,7 @@ def run_dust_command(
         table[name].unit = col_unit
         table[name].description = description
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_table(table, output_path, overwrite=overwrite)
+    write_table(table, output_path, overwrite=overwrite)
     return {
         "columns": list(added),
         "n_rows": len(table),
