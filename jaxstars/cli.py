@@ -13,6 +13,7 @@ def quickstart(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import optax
 
     from jaxstars.flows import Flow, maf
     from jaxstars.flows.io import save_flow
@@ -29,8 +30,9 @@ def quickstart(args: argparse.Namespace) -> int:
     flow = Flow(maf(2, args.blocks, args.hidden, activation="tanh"))
     print(f"jaxstars quickstart: fitting a MAF ({args.blocks} blocks × {args.hidden}) to {args.n_stars} toy CMD stars")
     start = time.perf_counter()
+    steps = args.epochs * max(1, int(0.9 * args.n_stars) // 1024)
     result = fit(flow, (data - shift) / scale, key=k_fit, epochs=args.epochs, batch_size=1024,
-                 learning_rate=2e-3, patience=10, progress=True)
+                 learning_rate=optax.cosine_decay_schedule(3e-3, steps), patience=15, progress=True)
     elapsed = time.perf_counter() - start
     samples = flow.sample(result.params, k_sample, (args.n_stars,)) * scale + shift
     best_val = float(result.val_loss[result.best_epoch]) + float(jnp.log(scale).sum())
