@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxstars.astro.dust_cli import add_dust_arguments
 
     add_dust_arguments(sub.add_parser("dust", help="add dust reddening (mean, std) columns to a table"))
+    from jaxstars.astro.simulate_cli import add_simulate_arguments
+
+    add_simulate_arguments(sub.add_parser("simulate", help="write a simulated Gaia-like catalog with known truth"))
     args = parser.parse_args(argv)
     if args.version:
         from jaxstars import __version__

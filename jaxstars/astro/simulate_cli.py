@@ -33,29 +33,58 @@ def _limit(text: str) -> float | None:
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``simulate`` sub-command's arguments to ``parser`` and set ``func`` to :func:`simulate_command`."""
-    parser.add_argument("--mode", choices=("galaxy", "cranmer", "cluster"), default="galaxy",
-                        help="galaxy (default), cranmer (Cranmer et al. 2019 §4.1) or cluster (M67-like in its field)")
+    parser.add_argument(
+        "--mode",
+        choices=("galaxy", "cranmer", "cluster"),
+        default="galaxy",
+        help="galaxy (default), cranmer (Cranmer et al. 2019 §4.1) or cluster (M67-like in its field)",
+    )
     parser.add_argument("--n", type=int, default=100_000, help="number of catalogued stars (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same table (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed, same table (default: %(default)s)"
+    )
     parser.add_argument("-o", "--output", required=True, help="output file; format from the suffix or --format")
     parser.add_argument("--format", default=None, help="parquet, fits, csv, ecsv, hdf5 or votable")
     parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     parser.add_argument("--mag-limit", type=_limit, default=argparse.SUPPRESS,
                         help="keep stars with observed G below this ('none': no limit; default 20 for galaxy/cluster, "
                              "none for cranmer)")  # fmt: skip
-    parser.add_argument("--field", nargs=3, type=float, action="append", metavar=("L", "B", "RADIUS"),
-                        help="galaxy/cranmer: a sky cap in degrees (repeatable; default: all sky)")
-    parser.add_argument("--dust-map", default=None,
-                        help="3D dust map (default: exponential_disk; cranmer: cranmer_gaussian)")
-    parser.add_argument("--law", default="zhang_yuan", choices=("zhang_yuan", "blackbody"),
-                        help="extinction law for galaxy/cluster (default: %(default)s)")
-    parser.add_argument("--zero-point", type=float, default=None,
-                        help="parallax zero-point zp in mas, parallax = 1000/d + zp + noise (default -0.017)")
-    parser.add_argument("--photometric-noise", choices=("on", "off"), default=None,
-                        help="scatter magnitudes by their errors (default: on; cranmer: off, as in the paper)")
+    parser.add_argument(
+        "--field",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("L", "B", "RADIUS"),
+        help="galaxy/cranmer: a sky cap in degrees (repeatable; default: all sky)",
+    )
+    parser.add_argument(
+        "--dust-map", default=None, help="3D dust map (default: exponential_disk; cranmer: cranmer_gaussian)"
+    )
+    parser.add_argument(
+        "--law",
+        default="zhang_yuan",
+        choices=("zhang_yuan", "blackbody"),
+        help="extinction law for galaxy/cluster (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--zero-point",
+        type=float,
+        default=None,
+        help="parallax zero-point zp in mas, parallax = 1000/d + zp + noise (default -0.017)",
+    )
+    parser.add_argument(
+        "--photometric-noise",
+        choices=("on", "off"),
+        default=None,
+        help="scatter magnitudes by their errors (default: on; cranmer: off, as in the paper)",
+    )
     parser.add_argument("--n-members", type=int, default=500, help="cluster members (cluster mode; default 500)")
-    parser.add_argument("--field-radius", type=float, default=1.0,
-                        help="cluster mode: radius in degrees of the field around the cluster (default 1)")
+    parser.add_argument(
+        "--field-radius",
+        type=float,
+        default=1.0,
+        help="cluster mode: radius in degrees of the field around the cluster (default 1)",
+    )
     parser.set_defaults(func=simulate_command)
     return parser
 
@@ -87,7 +116,9 @@ def run_simulate_command(args: argparse.Namespace) -> dict:
         options["photometric_noise"] = args.photometric_noise == "on"
     if args.mode == "cranmer":
         if args.law != "zhang_yuan" or args.zero_point is not None:
-            raise ValueError("cranmer mode uses Cranmer's fixed coefficients and no zero-point: drop --law/--zero-point")
+            raise ValueError(
+                "cranmer mode uses Cranmer's fixed coefficients and no zero-point: drop --law/--zero-point"
+            )
     else:
         options["law"] = args.law
         if args.zero_point is not None:
@@ -97,7 +128,13 @@ def run_simulate_command(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - start
     output.parent.mkdir(parents=True, exist_ok=True)
     write_catalog(table, output, format=args.format, overwrite=args.overwrite)
-    return {"mode": args.mode, "n": len(table), "seconds": elapsed, "output": str(output), "meta": dict(table.meta)}
+    return {
+        "mode": args.mode,
+        "n": len(table),
+        "seconds": elapsed,
+        "output": str(output),
+        "meta": dict(table.meta),
+    }
 
 
 def simulate_command(args: argparse.Namespace) -> int:

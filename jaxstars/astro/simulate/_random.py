@@ -18,15 +18,15 @@ def _bucket(n: int) -> int:
 
 
 def uniform(key: jax.Array, n: int, tail: tuple[int, ...] = ()) -> np.ndarray:
-    """``n`` uniform numbers in [0, 1) (times ``tail``), float64."""
-    return np.asarray(jax.random.uniform(key, (_bucket(n), *tail)), dtype=np.float64)[:n]
+    """``n`` uniform numbers in [0, 1) (times ``tail``), float64 (a writable copy)."""
+    return np.array(jax.random.uniform(key, (_bucket(n), *tail)), dtype=np.float64)[:n]
 
 
 def normal(key: jax.Array, n: int, tail: tuple[int, ...] = ()) -> np.ndarray:
     """``n`` standard normal numbers (times ``tail``), float64."""
-    return np.asarray(jax.random.normal(key, (_bucket(n), *tail)), dtype=np.float64)[:n]
+    return np.array(jax.random.normal(key, (_bucket(n), *tail)), dtype=np.float64)[:n]
 
 
 def randint(key: jax.Array, n: int, high: int) -> np.ndarray:
     """``n`` integers uniform in [0, high)."""
-    return np.asarray(jax.random.randint(key, (_bucket(n),), 0, high))[:n]
+    return np.array(jax.random.randint(key, (_bucket(n),), 0, high))[:n]

@@ -84,7 +84,10 @@ def gaia_parallax_error(g) -> jnp.ndarray:
 def _gaia_coefficients() -> dict[str, np.ndarray]:
     zs = 10.0 ** (0.4 * (np.asarray(_ANCHOR_G) - 15.0))
     design = np.stack([np.ones(3), zs, zs**2], axis=1)
-    return {band: np.linalg.solve(design, (np.asarray(s) / 1000.0) ** 2) for band, s in GAIA_EDR3_MEDIAN_ERRORS_MMAG.items()}
+    return {
+        band: np.linalg.solve(design, (np.asarray(s) / 1000.0) ** 2)
+        for band, s in GAIA_EDR3_MEDIAN_ERRORS_MMAG.items()
+    }
 
 
 _GAIA_COEFFICIENTS = _gaia_coefficients()

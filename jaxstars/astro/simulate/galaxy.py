@@ -155,7 +155,9 @@ class Population:
     def __post_init__(self):
         n = len(self.age_bins_gyr)
         if not (n == len(self.weights) == len(self.mh_mean) == len(self.mh_sigma)) or n == 0:
-            raise ValueError(f"population {self.name!r}: age bins, weights, mh_mean and mh_sigma must match in length")
+            raise ValueError(
+                f"population {self.name!r}: age bins, weights, mh_mean and mh_sigma must match in length"
+            )
         if any(lo < 0 or hi < lo for lo, hi in self.age_bins_gyr):
             raise ValueError(f"population {self.name!r}: age bins must be 0 <= lo <= hi")
         if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
@@ -175,7 +177,9 @@ DEFAULT_POPULATIONS: tuple[Population, ...] = (
         "Robin et al. 2003 Table 1",
     ),
     Population("thick_disk", ((11.0, 11.0),), (1.0,), (-0.78,), (0.30,), "Robin et al. 2003 Table 1"),
-    Population("halo", ((13.0, 13.0),), (1.0,), (-1.78,), (0.50,), "Robin et al. 2003 Table 1 (age 13, not 14 Gyr)"),
+    Population(
+        "halo", ((13.0, 13.0),), (1.0,), (-1.78,), (0.50,), "Robin et al. 2003 Table 1 (age 13, not 14 Gyr)"
+    ),
 )
 """The simulator's default populations (module docstring)."""
 
@@ -360,7 +364,9 @@ def sky_cells(fields: Sequence[Field] | None) -> SkyCells:
         if near_pole or margin >= 90.0:
             cols = np.arange(n_cols)
         else:
-            half = np.rad2deg(np.arcsin(min(1.0, np.sin(np.deg2rad(margin)) / np.cos(np.deg2rad(abs(f.b_deg) + margin)))))
+            half = np.rad2deg(
+                np.arcsin(min(1.0, np.sin(np.deg2rad(margin)) / np.cos(np.deg2rad(abs(f.b_deg) + margin))))
+            )
             c_lo = int(np.floor((f.l_deg - half) / dl))
             c_hi = int(np.ceil((f.l_deg + half) / dl))
             cols = np.mod(np.arange(c_lo, c_hi + 1), n_cols)

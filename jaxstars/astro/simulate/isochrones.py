@@ -6,8 +6,9 @@ The grid
     imported): 11 [M/H] nodes (−2.19 … +0.30) × 36 log-age nodes (6.00 … 10.20 in steps of 0.12), 132,839 points
     with initial and current mass, log Teff, log g, the PARSEC evolutionary-stage label and absolute magnitudes in
     Gaia EDR3 G/BP/RP, SDSS ugriz, 2MASS JHKs (and other systems not used here). Missing magnitudes are the
-    sentinel 999.999; the 24 points carrying it (very massive, very young stars) are dropped when the grid is
-    loaded. :func:`parsec_grid` loads it once per process (``functools.cache``).
+    sentinel 999.999; the 51 points where a band used here carries it (very massive, very young stars, and
+    some TP-AGB points without BP or SDSS g) are dropped when the grid is loaded, so interpolation bridges them.
+    :func:`parsec_grid` loads it once per process (``functools.cache``).
 
 Bands
     The simulated bands are :data:`SIM_BANDS`, the canonical names of :mod:`jaxstars.astro.schema` that the grid
@@ -228,11 +229,11 @@ class IsochroneGrid:
         """Index of the isochrone at the grid nodes nearest to ``mh`` and ``logage``."""
         i_mh = int(np.argmin(np.abs(self.mh_nodes - mh)))
         i_age = int(np.argmin(np.abs(self.logage_nodes - logage)))
-        hit = np.flatnonzero(
-            (self.iso_mh == self.mh_nodes[i_mh]) & (self.iso_logage == self.logage_nodes[i_age])
-        )
+        hit = np.flatnonzero((self.iso_mh == self.mh_nodes[i_mh]) & (self.iso_logage == self.logage_nodes[i_age]))
         if hit.size != 1:
-            raise ValueError(f"no isochrone at [M/H] = {self.mh_nodes[i_mh]}, log age = {self.logage_nodes[i_age]}")
+            raise ValueError(
+                f"no isochrone at [M/H] = {self.mh_nodes[i_mh]}, log age = {self.logage_nodes[i_age]}"
+            )
         return int(hit[0])
 
     def band_index(self, band: str) -> int:

@@ -51,6 +51,7 @@ MODES = ("galaxy", "cranmer", "cluster")
 _MIN_BATCH = 1 << 15
 _MAX_BATCH = 1 << 20
 _MAX_BATCHES = 10_000
+_GIVE_UP_PROPOSALS = 20_000_000  # proposals without a single selected star before giving up
 
 
 def _key(key) -> jax.Array:
@@ -79,7 +80,7 @@ def _check_limit(mag_limit):
     return value
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _sampler(populations, model, fields, g_limit, g_margin) -> GalaxySampler:
     return GalaxySampler(parsec_grid(), populations, model, sky_cells(fields), g_limit, g_margin)
 
@@ -111,6 +112,11 @@ def _draw_galaxy(n: int, key, sampler: GalaxySampler, observer: Observer) -> tup
         parts.append(take(columns, keep))
         have += keep.size
         rate = have / proposed
+        if have == 0 and proposed >= _GIVE_UP_PROPOSALS:
+            raise RuntimeError(
+                f"simulate: none of {proposed} proposed stars passes the selection; relax the magnitude limit "
+                "or change the sky region"
+            )
     else:
         raise RuntimeError(f"simulate: only {have} of {n} stars after {_MAX_BATCHES} batches; relax the limits")
     out = take(concatenate(parts), slice(0, n))
@@ -157,7 +163,7 @@ def simulate_galaxy(
     mag_limit: float | None = 20.0,
     dust_map: str | DustMap = "exponential_disk",
     law: str | ExtinctionLaw = "zhang_yuan",
-    model: GalaxyModel = GalaxyModel(),
+    model: GalaxyModel | None = None,
     populations: Sequence[Population] = DEFAULT_POPULATIONS,
     parallax_zero_point: float = ZP_EDR3_QSO_LINDEGREN2021,
     photometric_noise: bool = True,
@@ -184,8 +190,8 @@ def simulate_galaxy(
         A registered 3D map in E(B−V) (default ``exponential_disk``).
     law : str or ExtinctionLaw
         ``"zhang_yuan"`` (default), ``"blackbody"`` or a law covering the simulated bands in the map's units.
-    model : GalaxyModel
-        Density model.
+    model : GalaxyModel, optional
+        Density model (default ``GalaxyModel()``: Jurić et al. 2008).
     populations : sequence of Population
         Populations (names ``thin_disk``, ``thick_disk``, ``halo``).
     parallax_zero_point : float
@@ -206,6 +212,7 @@ def simulate_galaxy(
     n = _check_n(n)
     fields = as_fields(fields)
     observer = _observer(dust_map, law, mag_limit, parallax_zero_point, photometric_noise)
+    model = GalaxyModel() if model is None else model
     sampler = _sampler(tuple(populations), model, fields, observer.g_limit, observer.g_margin())
     columns, stats = _draw_galaxy(n, _key(key), sampler, observer)
     meta = _galaxy_meta("galaxy", key, observer, fields, {"NPROPOSE": stats["proposed"]})
@@ -288,6 +295,8 @@ def _cluster_members(n: int, key, spec: ClusterSpec, observer: Observer) -> dict
         keep = np.flatnonzero(selected)
         parts.append(take(columns, keep))
         have += keep.size
+        if have == 0 and batch >= 20:
+            raise RuntimeError("simulate: no cluster member passes the magnitude limit; is the cluster too far?")
     else:
         raise RuntimeError(f"simulate: only {have} of {n} cluster members pass the magnitude limit")
     out = take(concatenate(parts), slice(0, n))
@@ -305,7 +314,7 @@ def simulate_cluster(
     mag_limit: float | None = 20.0,
     dust_map: str | DustMap = "exponential_disk",
     law: str | ExtinctionLaw = "zhang_yuan",
-    model: GalaxyModel = GalaxyModel(),
+    model: GalaxyModel | None = None,
     populations: Sequence[Population] = DEFAULT_POPULATIONS,
     parallax_zero_point: float = ZP_EDR3_QSO_LINDEGREN2021,
     photometric_noise: bool = True,
@@ -326,6 +335,7 @@ def simulate_cluster(
     k_field, k_members, k_shuffle = jax.random.split(_key(key), 3)
     parts = []
     if n - n_members or not n_members:
+        model = GalaxyModel() if model is None else model
         sampler = _sampler(tuple(populations), model, fields, observer.g_limit, observer.g_margin())
         field, _ = _draw_galaxy(n - n_members, k_field, sampler, observer)
         field["true_member"] = np.zeros(n - n_members, dtype=bool)
@@ -337,7 +347,11 @@ def simulate_cluster(
     columns = concatenate(parts)
     columns = take(columns, np.asarray(jax.random.permutation(k_shuffle, n)))
     meta = _galaxy_meta(
-        "cluster", key, observer, fields, {"CLUSTER": cluster.name, "CLDIST": cluster.distance_pc, "NMEMBERS": n_members}
+        "cluster",
+        key,
+        observer,
+        fields,
+        {"CLUSTER": cluster.name, "CLDIST": cluster.distance_pc, "NMEMBERS": n_members},
     )
     return build_table(columns, SIM_BANDS, meta)
 
@@ -426,7 +440,9 @@ def simulate_cranmer(
         g_true = m_g + mu + a_g
         bp_true = g_true + bp_g0 + e_bpg
         true_mag = np.column_stack([g_true, bp_true, bp_true - bp_rp0 - e_bprp])
-        sigma = np.column_stack([np.asarray(errors.gaia_mag_error(b, g_true), dtype=np.float64) for b in ("G", "BP", "RP")])
+        sigma = np.column_stack(
+            [np.asarray(errors.gaia_mag_error(b, g_true), dtype=np.float64) for b in ("G", "BP", "RP")]
+        )
         obs = true_mag + sigma * _random.normal(kb[5], size, (3,)) if photometric_noise else true_mag
         plx_err = parallax_error_per_pc * dist
         plx = 1000.0 / dist + plx_err * _random.normal(kb[6], size)
@@ -437,10 +453,19 @@ def simulate_cranmer(
         parts.append(
             take(
                 {
-                    "l": l_deg, "b": b_deg, "parallax": plx, "parallax_error": plx_err, "mag": obs, "mag_err": sigma,
-                    "true_distance": dist, "true_parallax": 1000.0 / dist, "true_egr": egr, "true_absmag": absmag,
-                    "true_mag": true_mag, "true_population": np.full(size, "cranmer"),
-                },  # fmt: skip
+                    "l": l_deg,
+                    "b": b_deg,
+                    "parallax": plx,
+                    "parallax_error": plx_err,
+                    "mag": obs,
+                    "mag_err": sigma,
+                    "true_distance": dist,
+                    "true_parallax": 1000.0 / dist,
+                    "true_egr": egr,
+                    "true_absmag": absmag,
+                    "true_mag": true_mag,
+                    "true_population": np.full(size, "cranmer"),
+                },
                 keep,
             )
         )
@@ -502,4 +527,3 @@ def read_simulation(path: str | Path, format: str | None = None) -> Table:
         if out[name].dtype.kind in "SO":
             out[name] = np.asarray(out[name]).astype(str)
     return out
-

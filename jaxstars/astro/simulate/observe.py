@@ -36,7 +36,7 @@ from .isochrones import SIM_BANDS
 __all__ = ["Observer", "build_table", "resolve_dust_map", "resolve_law"]
 
 # canonical schema band -> band registry name (what the extinction laws call it)
-_REGISTRY_NAME = {b: (b[4:] if b.startswith("ps1_") else b) for b in schema.BANDS}
+_REGISTRY_NAME = {b: b.removeprefix("ps1_") for b in schema.BANDS}
 _GAIA = ("G", "BP", "RP")
 _CHUNK = 1 << 15
 _DETECTION_DEPTH = 1.0  # a band is never detected when its true magnitude is fainter than m5 + 1 (true S/N < 2)
@@ -158,7 +158,9 @@ class Observer:
         else:
             x = absmag[:, SIM_BANDS.index("BP")] - absmag[:, SIM_BANDS.index("RP")]
         order = [self.law.entries.index(_REGISTRY_NAME[b]) for b in SIM_BANDS]
-        coefficients = _apply_chunked(self.law.coefficients, ebv, x)[:, order] if n else np.zeros((0, len(SIM_BANDS)))
+        coefficients = (
+            _apply_chunked(self.law.coefficients, ebv, x)[:, order] if n else np.zeros((0, len(SIM_BANDS)))
+        )
         extinction = ebv[:, None] * coefficients
         true_mag = absmag + mu[:, None] + extinction
 
@@ -278,7 +280,10 @@ def build_table(columns: dict, bands, meta: dict) -> Table:
         table[name] = columns[key]
         table[name].unit = _TRUTH_UNITS.get(name)
         table[name].description = _TRUTH_DESCRIPTIONS.get(name, "")
-    for prefix, what in (("true_absmag", "absolute magnitude, no extinction"), ("true_mag", "apparent magnitude, noise-free")):
+    for prefix, what in (
+        ("true_absmag", "absolute magnitude, no extinction"),
+        ("true_mag", "apparent magnitude, noise-free"),
+    ):
         for j, band in enumerate(bands):
             name = f"{prefix}_{band}"
             table[name] = columns[prefix][:, j]

@@ -234,13 +234,15 @@ class GalaxySampler:
         """Propose ``n`` candidates and return the accepted ones (module docstring, steps 1–3)."""
         ks = jax.random.split(key, 6)
         u = [_random.uniform(k, n) for k in ks[:5]]
-        idx = np.minimum(np.searchsorted(self.cumulative, u[0] * self.cumulative[-1], side="right"), self.row.size - 1)
+        idx = np.minimum(
+            np.searchsorted(self.cumulative, u[0] * self.cumulative[-1], side="right"), self.row.size - 1
+        )
         pop, row, node = self.pop[idx], self.row[idx], self.node[idx]
         n_cells = self.cells.size
         table_row = pop * _N_BOUND_NODES + node
         flat = np.searchsorted(self._cell_cdf, table_row + u[4], side="right")
         cell = np.clip(flat - table_row * n_cells, 0, n_cells - 1)
-        mass, t = mass_in_interval(self.grid, row, self.f_lo[idx], self.f_hi[idx], u[1])
+        _, t = mass_in_interval(self.grid, row, self.f_lo[idx], self.f_hi[idx], u[1])
         g_abs = self.grid.absmag[row, 0] + t * (self.grid.absmag[row + 1, 0] - self.grid.absmag[row, 0])
         dmax = self.dmax(g_abs)
         l_deg, b_deg = self.cells.sample(ks[5], cell)
@@ -284,7 +286,10 @@ def _cumulative_counts(l_deg, b_deg, fine, params, model) -> np.ndarray:
         ll, bb = l_deg[start : start + chunk], b_deg[start : start + chunk]
         m = ll.size
         if m < chunk:
-            ll, bb = np.concatenate([ll, np.repeat(ll[:1], chunk - m)]), np.concatenate([bb, np.repeat(bb[:1], chunk - m)])
+            ll, bb = (
+                np.concatenate([ll, np.repeat(ll[:1], chunk - m)]),
+                np.concatenate([bb, np.repeat(bb[:1], chunk - m)]),
+            )
         out[start : start + m] = np.asarray(
             _cumulative_chunk(jnp.asarray(ll, dtype), jnp.asarray(bb, dtype), fine_j, *p, model=model), np.float64
         )[:m]
