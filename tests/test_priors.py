@@ -200,3 +200,29 @@ def test_improper_flat_prior_works_in_nuts():
     mcmc = MCMC(NUTS(model), num_warmup=200, num_samples=500, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(5))
     assert np.median(np.asarray(mcmc.get_samples()["d"])) == pytest.approx(500.0, rel=0.05)
+
+
+def test_healpix_pixel_from_gaia_source_id_matches_catalog_positions():
+    """Level-5 pixels from source_id agree with the pixel of the source's (ra, dec) (astropy-healpix, NESTED, ICRS)."""
+    from astropy_healpix import HEALPix
+
+    from jaxstars.astro.priors import generalized_gamma_parameters_per_pixel, healpix_pixel_from_source_id
+    from jaxstars.data import data_dir
+
+    base = data_dir()
+    if base is None or not (base / "gaia_pyia" / "gdr3_sm.fits").exists():
+        pytest.skip("real Gaia extract not available (set JAXSTARS_DATA_DIR)")
+    from astropy.table import Table
+    import astropy.units as u
+
+    t = Table.read(base / "gaia_pyia" / "gdr3_sm.fits")
+    pix = healpix_pixel_from_source_id(np.asarray(t["source_id"]), level=5)
+    hp = HEALPix(nside=32, order="nested")
+    expected = hp.lonlat_to_healpix(np.asarray(t["ra"]) * u.deg, np.asarray(t["dec"]) * u.deg)
+    assert np.mean(pix == expected) > 0.99
+    table = {"alpha": np.arange(12 * 4**5) * 0.0 + 1.5, "beta": np.full(12 * 4**5, 0.8),
+             "length_scale": np.arange(12 * 4**5, dtype=float)}
+    params = generalized_gamma_parameters_per_pixel(np.asarray(t["source_id"]), table, level=5)
+    np.testing.assert_array_equal(params["length_scale"], pix.astype(float))
+    with pytest.raises(ValueError, match="shape"):
+        generalized_gamma_parameters_per_pixel(np.asarray(t["source_id"]), {**table, "beta": np.ones(3)})

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.util import promote_shapes
@@ -248,3 +249,42 @@ class EDSDPrior(GeneralizedGammaPrior):
 
     def log_prob(self, value):
         return log_prior_edsd(value, self.length_scale)
+
+
+GAIA_SOURCE_ID_LEVEL12_DIVISOR = 2**35
+"""Gaia ``source_id // 2**35`` is the HEALPix level-12 (nside 4096) NESTED pixel of the source (Gaia DR2/EDR3/DR3
+data model, ``source_id`` description)."""
+
+
+def healpix_pixel_from_source_id(source_id, level: int = 5) -> np.ndarray:
+    """HEALPix NESTED pixel index at ``level`` (nside ``2**level``) of Gaia sources, from their ``source_id``.
+
+    Level-12 pixel = ``source_id // 2**35``; a coarser NESTED level drops two bits per level.
+    """
+    if not 0 <= level <= 12:
+        raise ValueError(f"HEALPix level must be in 0..12, got {level}")
+    ids = np.asarray(source_id, dtype=np.int64)
+    if np.any(ids < 0):
+        raise ValueError("Gaia source_id values must be non-negative")
+    return (ids // GAIA_SOURCE_ID_LEVEL12_DIVISOR) // (4 ** (12 - level))
+
+
+def generalized_gamma_parameters_per_pixel(source_id, pixel_table: dict, level: int = 5) -> dict:
+    """Per-star generalized-gamma prior parameters looked up from a per-HEALPix-pixel table.
+
+    Bailer-Jones et al. (2021) give the "geometric" prior's ``(alpha, beta, L)`` per level-5 HEALPix pixel.
+    ``pixel_table`` maps ``"alpha"``, ``"beta"``, ``"length_scale"`` to arrays of length ``12 * 4**level``
+    indexed by NESTED pixel.  Returns the per-star arrays, ready for :func:`log_prior_generalized_gamma` or
+    :class:`GeneralizedGammaPrior`.
+    """
+    pixels = healpix_pixel_from_source_id(source_id, level)
+    n_pix = 12 * 4**level
+    out = {}
+    for name in ("alpha", "beta", "length_scale"):
+        if name not in pixel_table:
+            raise KeyError(f"pixel_table needs a {name!r} array of length {n_pix}")
+        values = np.asarray(pixel_table[name], dtype=float)
+        if values.shape != (n_pix,):
+            raise ValueError(f"pixel_table[{name!r}] has shape {values.shape}, expected ({n_pix},) for level {level}")
+        out[name] = values[pixels]
+    return out
