@@ -62,9 +62,8 @@ def test_conditional_batch_shape_and_sampling():
     assert s.shape == (7, 4, 3)
     assert d.log_prob(s).shape == (7, 4)
     # as a plate of per-star likelihoods
-    with numpyro.handlers.seed(rng_seed=0):
-        with numpyro.plate("stars", 4):
-            x = numpyro.sample("x", d)
+    with numpyro.handlers.seed(rng_seed=0), numpyro.plate("stars", 4):
+        x = numpyro.sample("x", d)
     assert x.shape == (4, 3)
 
 

@@ -24,7 +24,7 @@ def banana(key, n):
 
 
 def banana_log_prob(x):
-    norm = lambda v, m, s: -0.5 * ((v - m) / s) ** 2 - jnp.log(s) - 0.5 * math.log(2 * math.pi)  # noqa: E731
+    norm = lambda v, m, s: -0.5 * ((v - m) / s) ** 2 - jnp.log(s) - 0.5 * math.log(2 * math.pi)
     return norm(x[:, 0], 0.0, 1.0) + norm(x[:, 1], 0.5 * x[:, 0] ** 2, 0.3)
 
 
@@ -48,7 +48,7 @@ def conditional_sample(key, n):
 
 def conditional_log_prob(x, c):
     c = c[:, 0]
-    norm = lambda v, m, s: -0.5 * ((v - m) / s) ** 2 - jnp.log(s) - 0.5 * math.log(2 * math.pi)  # noqa: E731
+    norm = lambda v, m, s: -0.5 * ((v - m) / s) ** 2 - jnp.log(s) - 0.5 * math.log(2 * math.pi)
     return norm(x[:, 0], 2 * c, 0.6 + 0.3 * c) + norm(x[:, 1], -c + 0.5 * x[:, 0], 0.4)
 
 

@@ -56,6 +56,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
+from jaxstars.astro.bands import get_band
 from jaxstars.astro.schema import (
     ALWAYS_PRESENT,
     BANDS,
@@ -68,7 +69,6 @@ from jaxstars.astro.schema import (
     mag_err_column,
     require_columns,
 )
-from jaxstars.astro.bands import get_band
 from jaxstars.data import data_file
 
 MAG_PER_LN_FLUX = 2.5 / np.log(10.0)

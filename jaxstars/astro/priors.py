@@ -125,7 +125,7 @@ class FlatDistancePrior(Distribution):
     With ``d_max`` it is the uniform distribution on ``(0, d_max]`` (support ``interval(0, d_max)``) and can be
     sampled.  Without it the prior is improper (support ``positive``): it can be used as a NUTS site (the
     initial value then comes from the init strategy, e.g. ``init_to_value``/``init_to_uniform``) but ``sample``
-    raises ``NotImplementedError``.
+    raises ``ValueError``.
     """
 
     arg_constraints: ClassVar[dict] = {"d_max": constraints.positive}
@@ -147,7 +147,7 @@ class FlatDistancePrior(Distribution):
 
     def sample(self, key, sample_shape=()):
         if self.d_max is None:
-            raise NotImplementedError(
+            raise ValueError(
                 "the flat distance prior without d_max is improper and cannot be sampled; give d_max or use an "
                 "init strategy (numpyro.infer.init_to_value) for NUTS"
             )

@@ -17,17 +17,17 @@ from jaxstars.flows.maf import MADE, maf
 from jaxstars.flows.train import FitResult, fit, nll_loss
 
 __all__ = [
-    "AffineCoupling",
     "BNAF",
+    "CNF",
+    "MADE",
+    "AffineCoupling",
     "BatchNorm",
     "Bijector",
-    "CNF",
     "Chain",
     "FitResult",
     "Flow",
     "FlowDistribution",
     "FlowFileError",
-    "MADE",
     "Permute",
     "Repeat",
     "SplineCoupling",

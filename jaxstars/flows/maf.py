@@ -78,7 +78,6 @@ class MADE(Bijector):
     triangular = True
 
     def init(self, key):
-        masks = made_masks(self.dim, self.hidden, self.context_dim)
         sizes = [self.dim + self.context_dim, *self.hidden]
         keys = jax.random.split(key, len(sizes))
         layers = []

@@ -97,7 +97,7 @@ def _split(data: dict, val_fraction: float, key: jax.Array):
         n_val = 1
     perm = jax.random.permutation(key, n)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    take = lambda idx: {k: v[idx] for k, v in data.items()}  # noqa: E731
+    take = lambda idx: {k: v[idx] for k, v in data.items()}
     return take(train_idx), (take(val_idx) if n_val else None)
 
 
