@@ -163,3 +163,13 @@ def test_matches_gaia_archive_l_b():
     dl = ((l - np.asarray(t["l"]) + 180) % 360 - 180) * np.cos(np.deg2rad(b))
     tol = 0.1 / 3600
     assert np.max(np.abs(dl)) < tol and np.max(np.abs(b - np.asarray(t["b"]))) < tol
+
+
+def test_signed_height_option():
+    from jaxstars.astro.geometry import galactocentric_rz
+
+    _, z_flower = galactocentric_rz(30.0, -20.0, 1000.0)
+    _, z_signed = galactocentric_rz(30.0, -20.0, 1000.0, signed=True)
+    expected_signed = 1000.0 * np.sin(np.deg2rad(-20.0)) + 25.0
+    np.testing.assert_allclose(float(z_signed), expected_signed, rtol=1e-6)
+    np.testing.assert_allclose(float(z_flower), 2 * 25.0 - expected_signed, rtol=1e-6)

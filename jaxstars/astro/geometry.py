@@ -25,10 +25,12 @@ R_SUN_PC = 8000.0
 Z_SUN_PC = 25.0
 
 
-def galactocentric_rz(l_deg, b_deg, distance_pc, r_sun=R_SUN_PC, z_sun=Z_SUN_PC):
+def galactocentric_rz(l_deg, b_deg, distance_pc, r_sun=R_SUN_PC, z_sun=Z_SUN_PC, signed=False):
     """Galactocentric cylindrical radius ``R`` and height ``Z`` (FLOWER Eqs. 1–2).
 
-    ``Z = d |sin b| + Z☉`` (Eq. 1) and ``R = sqrt(R☉² + d² cos² b − 2 R☉ d cos b cos l)`` (Eq. 2).
+    ``Z = d |sin b| + Z☉`` (Eq. 1, FLOWER's conditioning variable; for b < 0 this is 2Z☉ − z, not the true
+    height) and ``R = sqrt(R☉² + d² cos² b − 2 R☉ d cos b cos l)`` (Eq. 2).  With ``signed=True`` the true signed
+    height ``Z = d sin b + Z☉`` is returned instead (what a Galaxy density model needs).
 
     Parameters
     ----------
@@ -38,6 +40,8 @@ def galactocentric_rz(l_deg, b_deg, distance_pc, r_sun=R_SUN_PC, z_sun=Z_SUN_PC)
         Heliocentric distance ``d`` (pc).
     r_sun, z_sun : float
         ``R☉`` and ``Z☉`` (pc); defaults 8 kpc and 25 pc as in FLOWER.
+    signed : bool
+        Return the signed height ``d sin b + Z☉`` rather than FLOWER's ``d |sin b| + Z☉``.
 
     Returns
     -------
@@ -59,7 +63,8 @@ def galactocentric_rz(l_deg, b_deg, distance_pc, r_sun=R_SUN_PC, z_sun=Z_SUN_PC)
     r2 = x**2 + y**2
     nonzero = r2 > 0
     radius = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, r2, 1.0)), 0.0)
-    height = d * jnp.abs(jnp.sin(b_rad)) + z_sun
+    sin_b = jnp.sin(b_rad)
+    height = d * (sin_b if signed else jnp.abs(sin_b)) + z_sun
     return radius, height
 
 

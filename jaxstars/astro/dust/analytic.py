@@ -115,8 +115,7 @@ def exponential_disk_density(
     E(B−V) = 0.3 mag/kpc at the Sun corresponds to A_V ≈ 1 mag/kpc for R_V = 3.1 (a simulation knob, not a fit).
     """
     d = jnp.asarray(distance_pc)
-    radius, _ = galactocentric_rz(l_deg, b_deg, d, r_sun_pc, z_sun_pc)  # FLOWER Eq. 2
-    height = z_sun_pc + d * jnp.sin(jnp.deg2rad(b_deg))  # signed, unlike FLOWER Eq. 1
+    radius, height = galactocentric_rz(l_deg, b_deg, d, r_sun_pc, z_sun_pc, signed=True)  # signed z, unlike Eq. 1
     log_rel = -(radius - r_sun_pc) / scale_length_pc - (jnp.abs(height) - abs(z_sun_pc)) / scale_height_pc
     return ebv_per_kpc / 1000.0 * jnp.exp(log_rel)
 
