@@ -115,3 +115,24 @@ def test_unknown_bijector_type(saved):
     _rewrite(path, mutate_header=lambda h: h["bijector"].update(type="NoSuchLayer"))
     with pytest.raises(FlowFileError, match="NoSuchLayer"):
         load_flow(path)
+
+
+def test_save_refuses_params_that_do_not_match_the_spec(tmp_path):
+    params3 = Flow(maf(3, 2, 8)).init(jax.random.PRNGKey(0))
+    with pytest.raises(FlowFileError, match="shape"):
+        save_flow(tmp_path / "bad.npz", Flow(maf(2, 2, 8)), params3)
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def test_malformed_header_and_integer_arrays(saved):
+    _, _, path = saved
+    _rewrite(path, mutate_header=lambda h: h.pop("bijector"))
+    with pytest.raises(FlowFileError, match="spec"):
+        load_flow(path)
+
+
+def test_integer_arrays_rejected(tmp_path, saved):
+    _, _, path = saved
+    _rewrite(path, mutate_arrays=lambda a: a.update(leaf_00001=a["leaf_00001"].astype(np.int32)))
+    with pytest.raises(FlowFileError, match="dtype"):
+        load_flow(path)

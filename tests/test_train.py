@@ -196,3 +196,40 @@ def test_weight_decay_skips_running_statistics_and_clipping_bounds_updates():
     updates, _ = make_optimizer(1e-2, clip_norm=1.0).update(big, make_optimizer(1e-2, clip_norm=1.0).init(params),
                                                              params)
     assert max(float(jnp.abs(u).max()) for u in jax.tree_util.tree_leaves(updates)) <= 1e-2 + 1e-6
+
+
+def test_zero_weight_points_do_not_move_batchnorm_statistics():
+    """With BatchNorm, weights enter the batch statistics too: zero-weight rows change nothing."""
+    flow = Flow(maf(2, 2, 8))
+    params = flow.init(jax.random.PRNGKey(0))
+    a = banana(jax.random.PRNGKey(1), 256)
+    b = a + 50.0
+    both = jnp.concatenate([a, b])
+    weight = jnp.concatenate([jnp.ones(256), jnp.zeros(256)])
+    lp_w, new_w = flow.log_prob_train(params, both, None, weight)
+    lp_a, new_a = flow.log_prob_train(params, a)
+    np.testing.assert_allclose(np.asarray(lp_w[:256]), np.asarray(lp_a), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(new_w[1]["running_mean"]), np.asarray(new_a[1]["running_mean"]), atol=1e-5)
+
+
+def test_bad_split_settings_raise_clear_errors_and_best_epoch_without_validation():
+    flow = Flow(maf(2, 1, 8))
+    data = banana(jax.random.PRNGKey(0), 64)
+    with pytest.raises(ValueError, match="val_fraction"):
+        fit(flow, data, key=jax.random.PRNGKey(0), epochs=1, val_fraction=1.0, progress=False)
+    with pytest.raises(ValueError, match="no training rows"):
+        fit(flow, data[:1], key=jax.random.PRNGKey(0), epochs=1, progress=False)
+    r = fit(flow, data, key=jax.random.PRNGKey(0), epochs=3, val_fraction=0, progress=False)
+    assert r.best_epoch == 2 and r.epochs_run == 3
+
+
+def test_diverged_fit_warns_instead_of_returning_initial_params_silently():
+    flow = Flow(maf(2, 1, 8, batch_norm=False))
+    data = banana(jax.random.PRNGKey(0), 256)
+
+    def bad_loss(flow, params, batch, key):
+        return jnp.nan * jnp.sum(jax.tree_util.tree_leaves(params)[0])
+
+    with pytest.warns(RuntimeWarning, match="never reached a finite validation loss"):
+        r = fit(flow, data, key=jax.random.PRNGKey(0), loss=bad_loss, epochs=2, patience=1, progress=False)
+    assert r.best_epoch == -1

@@ -84,11 +84,13 @@ class Bijector(abc.ABC):
             "dimensions are not exact for it"
         )
 
-    def inverse_and_log_det_train(self, params: Params, x: Array, context: Array | None = None):
+    def inverse_and_log_det_train(
+        self, params: Params, x: Array, context: Array | None = None, weight: Array | None = None
+    ):
         """Training-mode inverse: returns ``(z, log_det, new_params)``.
 
-        Only layers with running state (BatchNorm) differ from evaluation mode; they use batch statistics and
-        return parameters with updated running statistics.
+        Only layers with running state (BatchNorm) differ from evaluation mode; they use (``weight``-weighted)
+        batch statistics and return parameters with updated running statistics.
         """
         z, log_det = self.inverse_and_log_det(params, x, context)
         return z, log_det, params
@@ -167,11 +169,11 @@ class Chain(Bijector):
             total = total + log_det
         return x, total
 
-    def inverse_and_log_det_train(self, params, x, context=None):
+    def inverse_and_log_det_train(self, params, x, context=None, weight=None):
         total = jnp.zeros(x.shape[:-1], x.dtype)
         new_params = []
         for layer, p in zip(self.layers, params):
-            x, log_det, p = layer.inverse_and_log_det_train(p, x, context)
+            x, log_det, p = layer.inverse_and_log_det_train(p, x, context, weight)
             total = total + log_det
             new_params.append(p)
         return x, total, tuple(new_params)
@@ -219,10 +221,10 @@ class Repeat(Bijector):
         (z, total), _ = jax.lax.scan(step, (x, jnp.zeros(x.shape[:-1], x.dtype)), params)
         return z, total
 
-    def inverse_and_log_det_train(self, params, x, context=None):
+    def inverse_and_log_det_train(self, params, x, context=None, weight=None):
         def step(carry, p):
             y, total = carry
-            y, log_det, p = self.block.inverse_and_log_det_train(p, y, context)
+            y, log_det, p = self.block.inverse_and_log_det_train(p, y, context, weight)
             return (y, total + log_det), p
 
         (z, total), new_params = jax.lax.scan(step, (x, jnp.zeros(x.shape[:-1], x.dtype)), params)

@@ -48,9 +48,12 @@ class BatchNorm(Bijector):
         z, log_diag = self.inverse_and_log_diag(params, x, context)
         return z, log_diag.sum(-1)
 
-    def inverse_and_log_det_train(self, params, x, context=None):
-        mean = x.mean(0)
-        var = x.var(0)
+    def inverse_and_log_det_train(self, params, x, context=None, weight=None):
+        # Weighted batch statistics: a zero-weight point does not move the normalisation (Cranmer's 1/σ_P² weights).
+        w = jnp.ones(x.shape[:1], x.dtype) if weight is None else jnp.asarray(weight, x.dtype)
+        w = w / jnp.sum(w)
+        mean = jnp.sum(w[:, None] * x, axis=0)
+        var = jnp.sum(w[:, None] * (x - mean) ** 2, axis=0)
         z, log_diag = self._normalise(params, x, mean, var)
         m = self.momentum
         new = dict(params)

@@ -66,10 +66,14 @@ class Flow:
         z, log_det = self.bijector.inverse_and_log_det(params, flat, ctx)
         return (standard_normal_log_prob(z) + log_det).reshape(batch)
 
-    def log_prob_train(self, params, x: jax.Array, context: jax.Array | None = None):
-        """Training-mode ``log p``: returns ``(log_prob, new_params)`` with BatchNorm running statistics updated."""
+    def log_prob_train(self, params, x: jax.Array, context: jax.Array | None = None, weight: jax.Array | None = None):
+        """Training-mode ``log p``: returns ``(log_prob, new_params)`` with BatchNorm running statistics updated.
+
+        ``weight`` (same batch shape as ``x``) weights the BatchNorm batch statistics like the loss.
+        """
         flat, ctx, batch = self._flatten(x, context)
-        z, log_det, new_params = self.bijector.inverse_and_log_det_train(params, flat, ctx)
+        flat_weight = None if weight is None else jnp.broadcast_to(jnp.asarray(weight), batch).reshape(-1)
+        z, log_det, new_params = self.bijector.inverse_and_log_det_train(params, flat, ctx, flat_weight)
         return (standard_normal_log_prob(z) + log_det).reshape(batch), new_params
 
     def marginal_log_prob(self, params, x_leading: jax.Array, context: jax.Array | None = None) -> jax.Array:

@@ -39,7 +39,12 @@ def _path_str(path) -> str:
 
 
 def save_flow(path: str | os.PathLike, flow: Flow, params, *, members: int | None = None, metadata=None) -> None:
-    """Write ``flow`` and ``params`` to ``path`` (``.npz``).  ``members``: ensemble size of stacked params."""
+    """Write ``flow`` and ``params`` to ``path`` (``.npz``).  ``members``: ensemble size of stacked params.
+
+    The parameters are checked against the spec first (same checks as :func:`load_flow`), so a file that could not
+    be loaded back is never written.
+    """
+    _check_arrays(flow, jax.tree_util.tree_flatten_with_path(params)[0], members, str(path), saving=True)
     leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves_with_path)}
     header = {
@@ -87,30 +92,49 @@ def load_flow(path: str | os.PathLike):
 
     try:
         flow = Flow(from_config(header["bijector"]))
-    except (TypeError, ValueError) as err:
-        raise FlowFileError(f"{path!r}: cannot rebuild the flow spec: {err}") from err
-    template = jax.eval_shape(flow.init, jax.random.PRNGKey(0))
-    template_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    if len(template_leaves) != len(arrays):
-        raise FlowFileError(
-            f"{path!r}: the spec needs {len(template_leaves)} parameter arrays, the file has {len(arrays)}"
-        )
-    members = header.get("members")
-    lead = () if members is None else (members,)
-    for (key_path, expected), array, saved_path in zip(template_leaves, arrays, header["leaves"]):
-        name = _path_str(key_path)
-        if name != saved_path or tuple(array.shape) != lead + tuple(expected.shape):
-            raise FlowFileError(
-                f"{path!r}: parameter {saved_path} has shape {array.shape}, the spec expects {name} with shape "
-                f"{lead + tuple(expected.shape)}"
-            )
-        if not np.all(np.isfinite(array)):
-            raise FlowFileError(f"{path!r}: parameter {saved_path} contains NaN or inf values")
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise FlowFileError(f"{path!r}: cannot rebuild the flow spec: {err!r}") from err
+    saved_leaves = [(saved, array) for saved, array in zip(header["leaves"], arrays)]
+    treedef = _check_arrays(flow, saved_leaves, header.get("members"), path, saving=False)
     params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
     return flow, params, header.get("metadata", {})
 
 
-def _check_header(header: dict, path: str) -> None:
+def _check_arrays(flow: Flow, leaves, members, path: str, saving: bool):
+    """Check named parameter arrays against the shapes the spec implies; return the parameter treedef.
+
+    ``leaves`` is a list of ``(name, array)``; names are key-path strings or ``jax`` key paths.
+    """
+    try:
+        template = jax.eval_shape(flow.init, jax.random.PRNGKey(0))
+    except (TypeError, ValueError) as err:
+        raise FlowFileError(f"{path!r}: the flow spec is invalid: {err!r}") from err
+    template_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    what = "the parameters to save have" if saving else "the file has"
+    if len(template_leaves) != len(leaves):
+        raise FlowFileError(
+            f"{path!r}: the spec needs {len(template_leaves)} parameter arrays, {what} {len(leaves)}"
+        )
+    lead = () if members is None else (members,)
+    for (key_path, expected), (saved_name, array) in zip(template_leaves, leaves):
+        name = _path_str(key_path)
+        saved_name = saved_name if isinstance(saved_name, str) else _path_str(saved_name)
+        shape = tuple(np.shape(array))
+        if name != saved_name or shape != lead + tuple(expected.shape):
+            raise FlowFileError(
+                f"{path!r}: parameter {saved_name} has shape {shape}, the spec expects {name} with shape "
+                f"{lead + tuple(expected.shape)}"
+            )
+        if not np.issubdtype(np.asarray(array).dtype, np.floating):
+            raise FlowFileError(f"{path!r}: parameter {saved_name} has dtype {np.asarray(array).dtype}, not float")
+        if not np.all(np.isfinite(np.asarray(array))):
+            raise FlowFileError(f"{path!r}: parameter {saved_name} contains NaN or inf values")
+    return treedef
+
+
+def _check_header(header, path: str) -> None:
+    if not isinstance(header, dict) or not isinstance(header.get("leaves"), list):
+        raise FlowFileError(f"{path!r} has a malformed header")
     if header.get("format") != FORMAT_NAME:
         raise FlowFileError(f"{path!r} is not a jaxstars flow file (format {header.get('format')!r})")
     version = header.get("version")

@@ -8,6 +8,7 @@ importance-sampled marginal likelihood.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ def nll_loss(flow: Flow, params, batch: dict, key: jax.Array):
 
     ``-Σ w_i log p(x_i | c_i) / Σ w_i`` over the minibatch; returns ``(loss, params with updated running stats)``.
     """
-    log_prob, new_params = flow.log_prob_train(params, batch["x"], batch.get("context"))
+    log_prob, new_params = flow.log_prob_train(params, batch["x"], batch.get("context"), batch.get("weight"))
     weight = batch.get("weight", jnp.ones_like(log_prob))
     return -jnp.sum(weight * log_prob) / jnp.sum(weight), new_params
 
@@ -43,7 +44,9 @@ def nll_eval_loss(flow: Flow, params, batch: dict, key: jax.Array):
 class FitResult:
     """Outcome of :func:`fit`: best parameters (lowest validation loss) and the loss history per epoch.
 
-    For ensembles every array has a leading member axis.
+    For ensembles the parameters have a leading member axis, ``train_loss`` / ``val_loss`` have shape
+    ``(epochs, members)`` and ``best_epoch`` one entry per member.  ``best_epoch`` is -1 for a member whose
+    validation loss was never finite (training diverged; its last parameters are returned and a warning is issued).
     """
 
     params: object
@@ -147,9 +150,13 @@ def fit(
     if val_loss is None:
         val_loss = nll_eval_loss if loss is nll_loss else loss
     data = _as_data(data)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     key_split, key_init, key_train = jax.random.split(key, 3)
     train, val = _split(data, val_fraction, key_split)
     n_train = next(iter(train.values())).shape[0]
+    if n_train < 1:
+        raise ValueError(f"no training rows left after holding out val_fraction={val_fraction} of {n_train} rows")
 
     ensemble = n_members is not None
     members = n_members or 1
@@ -161,7 +168,7 @@ def fit(
     devices = jax.local_devices()
     if data_parallel is None:
         data_parallel = len(devices) > 1
-    n_dev = len(devices) if data_parallel else 1
+    n_dev = len(devices) if data_parallel and n_train >= len(devices) else 1
     batch_size = min(batch_size, n_train)
     batch_size = max(n_dev, batch_size - batch_size % n_dev)
     n_batches = max(1, n_train // batch_size)
@@ -206,7 +213,10 @@ def fit(
         return jax.vmap(lambda p: val_loss(flow, p, chunk, k))(params)
 
     def evaluate(params, k):
-        sizes = np.array([next(iter(c.values())).shape[0] for c in val_chunks], float)
+        # Chunk losses are (weighted) means: combine them by their total weight, not their row count.
+        sizes = np.array(
+            [float(np.sum(c["weight"])) if "weight" in c else next(iter(c.values())).shape[0] for c in val_chunks]
+        )
         values = np.stack([np.asarray(chunk_val_loss(params, c, k)) for c in val_chunks])
         return (values * sizes[:, None]).sum(0) / sizes.sum()
 
@@ -236,6 +246,7 @@ def fit(
             )
         else:
             best_params = params
+            best_epoch = np.full(members, epoch)
         if bar is not None:
             bar.update(1)
             post = {"train": f"{float(np.mean(train_hist[-1])):.4f}"}
@@ -247,6 +258,19 @@ def fit(
             break
     if bar is not None:
         bar.close()
+    if val_chunks and not np.all(np.isfinite(best_loss)):
+        diverged = ~np.isfinite(best_loss)
+        best_epoch = np.where(diverged, -1, best_epoch)
+        mask = jnp.asarray(diverged)
+        best_params = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), params, best_params
+        )
+        warnings.warn(
+            f"{int(diverged.sum())} of {members} fit(s) never reached a finite validation loss (diverged?); "
+            "their last parameters are returned and best_epoch is -1",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     if not ensemble:
         best_params = jax.tree_util.tree_map(lambda a: a[0], best_params)
