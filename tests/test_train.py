@@ -101,7 +101,7 @@ def test_early_stopping_returns_best_epoch_params():
     assert result.val_loss[result.best_epoch] == result.val_loss.min()
 
 
-def test_ensemble_in_one_vmap_matches_individual_fits():
+def test_ensemble_in_one_vmap_trains_independent_members():
     flow = Flow(maf(2, 2, 16))
     data = banana(jax.random.PRNGKey(0), 2000)
     ens = fit(flow, data, key=jax.random.PRNGKey(3), n_members=3, epochs=5, batch_size=256, progress=False)
