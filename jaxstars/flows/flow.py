@@ -99,6 +99,22 @@ class Flow:
         out = standard_normal_log_prob(z[:, :k]) + log_diag[:, :k].sum(-1)
         return out.reshape(batch)
 
+    def prefix_log_probs(self, params, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        """``log p(x_{1:k})`` for every ``k = 1 … dim`` at once, shape ``(..., dim)`` (evaluation mode).
+
+        One pass of a triangular flow gives every leading marginal (see :meth:`marginal_log_prob`): entry ``k-1``
+        depends on ``x_{1:k}`` only, so trailing entries of ``x`` may hold any finite placeholder.
+        """
+        if not self.bijector.triangular:
+            raise TypeError(
+                "prefix_log_probs needs a flow that is triangular in the data ordering "
+                "(e.g. maf(..., reverse=False)); this flow permutes dimensions"
+            )
+        flat, ctx, batch = self._flatten(x, context)
+        z, log_diag = self.bijector.inverse_and_log_diag(params, flat, ctx)
+        per_dim = -0.5 * (z**2 + _LOG_2PI) + log_diag
+        return jnp.cumsum(per_dim, axis=-1).reshape(batch + (self.dim,))
+
     # -- sampling -------------------------------------------------------------------------------------------------
     def sample_and_log_prob(self, params, key: jax.Array, shape=(), context: jax.Array | None = None):
         """Draw samples of shape ``shape + batch(context) + (dim,)`` and their log densities."""

@@ -27,6 +27,13 @@ from .analytic import (
     galactic_to_icrs_jnp,
     gaussian_sky_reddening,
 )
+from .profiles import (
+    DEFAULT_MODULUS_GRID,
+    DustProfiles,
+    interpolate_profile,
+    profiles_from_moments,
+    tabulate_profiles,
+)
 from .base import DustMap, DustMapFileNotFoundError, DustQuery, available_maps, get_map, register_map
 from .dustmaps_adapters import BAYESTAR_FETCH_COMMAND, SFD_FETCH_COMMAND, Bayestar19Map, SFD98Map
 from .sfd_lowres import SFDLowResMap, sfd_lowres_path, sfd_std
@@ -48,6 +55,11 @@ for _name, _factory in (
 __all__ = [
     "BAYESTAR_FETCH_COMMAND",
     "DEFAULT_MAP",
+    "DEFAULT_MODULUS_GRID",
+    "DustProfiles",
+    "interpolate_profile",
+    "profiles_from_moments",
+    "tabulate_profiles",
     "SFD_FETCH_COMMAND",
     "Bayestar19Map",
     "CloudsMap",
