@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxstars.astro.simulate_cli import add_simulate_arguments
 
     add_simulate_arguments(sub.add_parser("simulate", help="write a simulated Gaia-like catalog with known truth"))
+    from jaxstars.models.cmd.cli import add_cmd_arguments
+
+    add_cmd_arguments(sub)
     args = parser.parse_args(argv)
     if args.version:
         from jaxstars import __version__

@@ -14,7 +14,7 @@ from jaxstars.flows.distribution import FlowDistribution
 from jaxstars.flows.flow import Flow, standard_normal_log_prob
 from jaxstars.flows.io import FlowFileError, load_flow, save_flow
 from jaxstars.flows.maf import MADE, maf
-from jaxstars.flows.train import FitResult, fit, nll_loss
+from jaxstars.flows.train import FitResult, fit, nll_loss, recalibrate_batchnorm
 
 __all__ = [
     "BNAF",
@@ -39,6 +39,7 @@ __all__ = [
     "maf",
     "nll_loss",
     "realnvp",
+    "recalibrate_batchnorm",
     "register",
     "save_flow",
     "spline_flow",

@@ -297,3 +297,21 @@ def _progress(total: int, enabled: bool):
 def log_mean_exp(values: jax.Array, axis: int = -1) -> jax.Array:
     """``log mean exp`` along ``axis`` (stable); used by importance-sampled losses."""
     return jax.scipy.special.logsumexp(values, axis=axis) - math.log(values.shape[axis])
+
+
+def recalibrate_batchnorm(flow: Flow, params, x, *, context=None, weight=None, n_passes: int = 60):
+    """Replace BatchNorm running statistics by (weighted) statistics of ``x`` through the trained flow.
+
+    Running averages with momentum follow the last few minibatches; with heavy-tailed loss weights they are
+    noisy. ``n_passes`` training-mode passes over ``x`` (a representative sample, e.g. the training set) make
+    every layer's running mean and variance converge to the statistics of its inputs (momentum^n_passes of the
+    old values remain). Weights and biases are unchanged.
+    """
+    x = jnp.asarray(x)
+
+    def one_pass(p, _):
+        _, new = flow.log_prob_train(p, x, context, weight)
+        return new, None
+
+    params, _ = jax.lax.scan(one_pass, params, None, length=n_passes)
+    return params

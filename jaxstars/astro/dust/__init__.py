@@ -27,6 +27,8 @@ from .analytic import (
     galactic_to_icrs_jnp,
     gaussian_sky_reddening,
 )
+from .base import DustMap, DustMapFileNotFoundError, DustQuery, available_maps, get_map, register_map
+from .dustmaps_adapters import BAYESTAR_FETCH_COMMAND, SFD_FETCH_COMMAND, Bayestar19Map, SFD98Map
 from .profiles import (
     DEFAULT_MODULUS_GRID,
     DustProfiles,
@@ -34,8 +36,6 @@ from .profiles import (
     profiles_from_moments,
     tabulate_profiles,
 )
-from .base import DustMap, DustMapFileNotFoundError, DustQuery, available_maps, get_map, register_map
-from .dustmaps_adapters import BAYESTAR_FETCH_COMMAND, SFD_FETCH_COMMAND, Bayestar19Map, SFD98Map
 from .sfd_lowres import SFDLowResMap, sfd_lowres_path, sfd_std
 
 DEFAULT_MAP = "sfd_lowres"
@@ -56,15 +56,12 @@ __all__ = [
     "BAYESTAR_FETCH_COMMAND",
     "DEFAULT_MAP",
     "DEFAULT_MODULUS_GRID",
-    "DustProfiles",
-    "interpolate_profile",
-    "profiles_from_moments",
-    "tabulate_profiles",
     "SFD_FETCH_COMMAND",
     "Bayestar19Map",
     "CloudsMap",
     "DustMap",
     "DustMapFileNotFoundError",
+    "DustProfiles",
     "DustQuery",
     "ExponentialDiskMap",
     "GaussianSkyMap",
@@ -80,7 +77,10 @@ __all__ = [
     "galactic_to_icrs_jnp",
     "gaussian_sky_reddening",
     "get_map",
+    "interpolate_profile",
+    "profiles_from_moments",
     "register_map",
     "sfd_lowres_path",
     "sfd_std",
+    "tabulate_profiles",
 ]

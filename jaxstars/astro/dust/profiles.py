@@ -49,9 +49,11 @@ class DustProfiles(NamedTuple):
         """(n_stars, n_grid) weighted mean reddening."""
         return jnp.sum(jnp.asarray(self.values) * jnp.asarray(self.weights), axis=-1)
 
-    def take(self, index) -> "DustProfiles":
+    def take(self, index) -> DustProfiles:
         """The profiles of a subset of stars (numpy or jnp index)."""
-        return DustProfiles(self.modulus_grid, self.values[index], self.weights, self.std[index], self.valid[index])
+        return DustProfiles(
+            self.modulus_grid, self.values[index], self.weights, self.std[index], self.valid[index]
+        )
 
 
 def _check_grid(modulus_grid: Any) -> np.ndarray:
@@ -136,7 +138,9 @@ def tabulate_profiles(
         values = np.where(valid[:, None, None], query.samples[..., :n_draws], 0.0) * scale
         std = np.where(valid[:, None], query.std, 0.0) * scale
         weights = np.full(n_draws, 1.0 / n_draws)
-        return DustProfiles(grid, values.astype(np.float32), weights.astype(np.float32), std.astype(np.float32), valid)
+        return DustProfiles(
+            grid, values.astype(np.float32), weights.astype(np.float32), std.astype(np.float32), valid
+        )
     return profiles_from_moments(query.mean * scale, query.std * scale, grid, n_draws, valid)
 
 

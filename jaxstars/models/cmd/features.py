@@ -24,7 +24,9 @@ from jaxstars.astro.schema import BANDS, mag_column, mag_err_column
 CRANMER_BAND_EXTINCTION: dict[str, float] = {
     "G": CRANMER_COEFFICIENTS["G_DR2"],
     "BP": CRANMER_COEFFICIENTS["G_DR2"] + CRANMER_COEFFICIENTS["BP_DR2-G_DR2"],
-    "RP": CRANMER_COEFFICIENTS["G_DR2"] + CRANMER_COEFFICIENTS["BP_DR2-G_DR2"] - CRANMER_COEFFICIENTS["BP_DR2-RP_DR2"],
+    "RP": CRANMER_COEFFICIENTS["G_DR2"]
+    + CRANMER_COEFFICIENTS["BP_DR2-G_DR2"]
+    - CRANMER_COEFFICIENTS["BP_DR2-RP_DR2"],
 }
 """Cranmer et al. §3.2's A_G = 2.71, E(BP−RP) = 0.85, E(BP−G) = 0.39 per unit E(g−r), as band extinctions
 (A_BP = 3.10, A_RP = 2.25): the same three numbers, one per band."""
@@ -54,7 +56,9 @@ class CMDFeatures:
     def __post_init__(self):
         m = self.matrix_array
         if m.shape != (len(self.names), len(self.bands)):
-            raise ValueError(f"matrix of shape {m.shape} for {len(self.names)} features and {len(self.bands)} bands")
+            raise ValueError(
+                f"matrix of shape {m.shape} for {len(self.names)} features and {len(self.bands)} bands"
+            )
         if len(self.extinction) != len(self.bands):
             raise ValueError("need one extinction coefficient per band")
         for band in self.bands:
@@ -91,7 +95,7 @@ class CMDFeatures:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "CMDFeatures":
+    def from_config(cls, config: Mapping) -> CMDFeatures:
         return cls(
             bands=tuple(config["bands"]),
             matrix=tuple(tuple(float(v) for v in r) for r in config["matrix"]),

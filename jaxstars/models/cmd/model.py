@@ -149,7 +149,7 @@ class CMDModel:
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> tuple["CMDModel", Any]:
+    def load(cls, directory: str | os.PathLike) -> tuple[CMDModel, Any]:
         """Read a model written by :meth:`save` (a directory or the ``model.npz`` itself): ``(model, params)``.
 
         Raises ``FileNotFoundError`` when absent and :class:`~jaxstars.flows.io.FlowFileError` when the file is
@@ -199,7 +199,7 @@ class CMDStars(NamedTuple):
     def __len__(self) -> int:
         return int(np.shape(self.parallax)[0])
 
-    def take(self, index) -> "CMDStars":
+    def take(self, index) -> CMDStars:
         return CMDStars(
             self.features[index],
             self.n_observed[index],

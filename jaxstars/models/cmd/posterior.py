@@ -21,6 +21,7 @@ catalogue, vectorised over stars:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -103,7 +104,9 @@ def distance_log_posterior(model: CMDModel, params, star: dict, distance, modulu
     return prior.log_prob(distance) + phot + jnp.where(has_plx, plx, 0.0)
 
 
-def distance_model(model: CMDModel, params, star: dict, modulus_grid, dust_weights, prior=None, d_min=10.0, d_max=1e5):
+def distance_model(
+    model: CMDModel, params, star: dict, modulus_grid, dust_weights, prior=None, d_min=10.0, d_max=1e5
+):
     """The same posterior as a NumPyro model over ``log_distance`` (for NUTS; deterministic site ``distance``).
 
     ``log d`` is uniform on ``[log d_min, log d_max]``; the factor adds ``log π(d) + log d`` (the Jacobian), so the
@@ -141,7 +144,9 @@ def run_nuts(
     start = 1000.0 / plx if np.isfinite(err) and plx > 0 else 1000.0
     start = float(np.clip(start, config.d_min * 1.01, config.d_max / 1.01))
     kernel = NUTS(distance_model, init_strategy=init_to_value(values={"log_distance": np.log(start)}))
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress_bar=progress_bar)
+    mcmc = MCMC(
+        kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains, progress_bar=progress_bar
+    )
     mcmc.run(
         key,
         model,
@@ -221,8 +226,29 @@ def _fixed_dust(model, params, batch, keys, grid, weights, config):
     d = jax.vmap(draw)(keys, batch["parallax"], batch["parallax_error"])
     inputs = {"features": batch["features"], "n_observed": batch["n_observed"], "dust_mean": mean_profiles}
     d_best = iterate_best_distance(model, params, inputs, d, grid, config.n_iterations)
-    draws = jax.vmap(interpolate_profile, in_axes=(None, 0, 0))(grid, batch["dust_values"], distance_modulus(d_best))
+    draws = jax.vmap(interpolate_profile, in_axes=(None, 0, 0))(
+        grid, batch["dust_values"], distance_modulus(d_best)
+    )
     return draws, d_best
+
+
+_FLAT_PRIOR = FlatDistancePrior()
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_batch(model: CMDModel, config: PosteriorConfig, prior):
+    """One jitted batch function per (model spec, config, prior object): reused across chunks and calls."""
+
+    @jax.jit
+    def run(params, batch, ids, key, grid, weights):
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+        if config.dust == "iterative":
+            sub = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            draws, _ = _fixed_dust(model, params, batch, sub, grid, weights, config)
+            batch = dict(batch, dust_values=draws)
+        return jax.vmap(lambda s, k: _one_star(model, params, s, k, grid, weights, prior, config))(batch, keys)
+
+    return run
 
 
 def distance_posteriors(
@@ -246,20 +272,13 @@ def distance_posteriors(
     Randomness (samples, the iterative mode's parallax draws) for row ``i`` comes from ``fold_in(key, row_ids[i])``
     (default ``row_ids = arange(n)``), so results do not depend on how the catalogue is chunked.
     """
-    prior = FlatDistancePrior() if prior is None else prior
+    prior = _FLAT_PRIOR if prior is None else prior
     key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
     n = len(stars)
     row_ids = np.arange(n) if row_ids is None else np.asarray(row_ids)
     grid = jnp.asarray(stars.dust.modulus_grid, dtype=jnp.float32)
     weights = jnp.asarray(stars.dust.weights, dtype=jnp.float32)
-
-    @jax.jit
-    def run(batch, ids):
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-        if config.dust == "iterative":
-            draws, _ = _fixed_dust(model, params, batch, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), grid, weights, config)
-            batch = dict(batch, dust_values=draws)
-        return jax.vmap(lambda s, k: _one_star(model, params, s, k, grid, weights, prior, config))(batch, keys)
+    run = _compiled_batch(model, config, prior)
 
     size = min(config.batch_size, max(n, 1))
     parts = []
@@ -272,7 +291,7 @@ def distance_posteriors(
         idx = np.arange(start, min(start + size, n))
         pad = np.concatenate([idx, np.full(size - idx.size, idx[-1])])
         batch = star_arrays(stars, pad)
-        out = run(batch, jnp.asarray(row_ids[pad], dtype=jnp.uint32))
+        out = run(params, batch, jnp.asarray(row_ids[pad], dtype=jnp.uint32), key, grid, weights)
         parts.append({k: np.asarray(v)[: idx.size] for k, v in out.items()})
         if bar is not None:
             bar.update(idx.size)

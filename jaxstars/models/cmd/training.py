@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxstars.astro.astrometry import sample_truncated_parallax
 from jaxstars.astro.dust import interpolate_profile
-from jaxstars.flows import Flow, fit, maf
+from jaxstars.flows import Flow, fit, maf, recalibrate_batchnorm
 from jaxstars.flows.train import FitResult
 
 from .features import CMDFeatures, gaia_cmd_features
@@ -206,6 +206,7 @@ def train_cmd(
     key: Any = 0,
     params: Any = None,
     progress: bool = True,
+    recalibrate: bool = True,
 ) -> TrainedCMD:
     """Train a colour–magnitude flow on a catalogue exactly as Cranmer et al. §3.2 (see the module docstring).
 
@@ -224,6 +225,8 @@ def train_cmd(
     epochs, batch_size (2048 as the paper), learning_rate, weight_decay, val_fraction, patience : see
         :func:`jaxstars.flows.fit`.
     key : PRNG key or integer seed.
+    recalibrate : after training, set the BatchNorm running statistics from the whole training set (weighted by
+        1/σ_P² at the final best estimates) instead of the last minibatches' moving averages.
 
     Rows that cannot be used (missing photometry or dust, no parallax, RUWE, or missing optional bands, which
     are only marginalised at evaluation) are counted in ``flags``/``used`` of the result, never silently dropped.
@@ -233,7 +236,9 @@ def train_cmd(
     if stars is None:
         if table is None:
             raise ValueError("give a catalogue table or prepared stars")
-        stars = prepare_stars(features, table, dust_map=dust_map, reddening=reddening, reddening_error=reddening_error)
+        stars = prepare_stars(
+            features, table, dust_map=dust_map, reddening=reddening, reddening_error=reddening_error
+        )
     flags = np.asarray(stars.flags).copy()
     if table is not None and ruwe_max is not None and "ruwe" in getattr(table, "colnames", []):
         ruwe = np.asarray(table["ruwe"], dtype=np.float64)
@@ -267,7 +272,10 @@ def train_cmd(
         patience=patience,
         progress=progress,
     )
-    floor = training_log_density_floor(model, result.params, arrays, grid, k_floor, n_iterations=n_iterations)
+    params = result.params
+    if recalibrate:
+        params = recalibrate_cmd_batchnorm(model, params, arrays, grid, k_floor, n_iterations, sigma_floor)
+    floor = training_log_density_floor(model, params, arrays, grid, k_floor, n_iterations=n_iterations)
     model = CMDModel(
         features,
         flow,
@@ -284,7 +292,7 @@ def train_cmd(
             "sigma_floor": sigma_floor,
         },
     )
-    return TrainedCMD(model, result.params, result, used, flags)
+    return TrainedCMD(model, params, result, used, flags)
 
 
 def batched_best_estimates(model, params, arrays: dict, modulus_grid, key, *, n_iterations=10, chunk=4096):
@@ -301,6 +309,20 @@ def batched_best_estimates(model, params, arrays: dict, modulus_grid, key, *, n_
         est = fn(part, jax.random.fold_in(key, start))
         out.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size], est))
     return BestEstimate(*(np.concatenate([getattr(e, f) for e in out]) for f in BestEstimate._fields))
+
+
+def recalibrate_cmd_batchnorm(
+    model, params, arrays, modulus_grid, key, n_iterations=5, sigma_floor=0.01, max_stars=50_000
+):
+    """BatchNorm running statistics from (up to ``max_stars``) training stars' best estimates, 1/σ_P²-weighted."""
+    n = len(arrays["parallax"])
+    if n > max_stars:
+        pick = np.asarray(jax.random.choice(jax.random.fold_in(key, 1), n, (max_stars,), replace=False))
+        arrays = {k: v[pick] for k, v in arrays.items()}
+    est = batched_best_estimates(model, params, arrays, modulus_grid, key, n_iterations=n_iterations)
+    weight = 1.0 / np.maximum(est.sigma_p2, sigma_floor**2)
+    x = (est.features - np.asarray(model.shift)) / np.asarray(model.scale)
+    return recalibrate_batchnorm(model.flow, params, x.astype(np.float32), weight=weight.astype(np.float32))
 
 
 def training_log_density_floor(model, params, arrays, modulus_grid, key, *, n_iterations=5, quantile=1e-3):
