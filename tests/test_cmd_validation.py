@@ -8,9 +8,12 @@ import json
 
 import pytest
 
-from jaxstars.models.cmd.validation import ExperimentSize, cluster_experiment, simulation_experiment
-
-NOISY_BINS = ("≤ 1", "(1, 3]", "(3, 5]")
+from jaxstars.models.cmd.validation import (
+    ExperimentSize,
+    cluster_experiment,
+    real_data_experiment,
+    simulation_experiment,
+)
 
 
 def _bin_rows(report):
@@ -20,12 +23,14 @@ def _bin_rows(report):
 def _check_simulation(report, strict: bool):
     json.dumps(report)  # the report is what `jaxstars cmd evaluate` / the docs print: it must serialise
     rec = report["cmd_recovery"]
-    # §4.1: the learned CMD is much closer to the truth than the noisy inverse-parallax CMD
-    assert rec["hellinger_recovered"] < 0.6 * rec["hellinger_noisy"], rec
+    # §4.1: the learned CMD is much closer to the truth than the noisy inverse-parallax CMD (and, as a sanity
+    # check of the metric, not closer than two halves of the truth itself)
+    assert (
+        rec["hellinger_floor"] < rec["hellinger_recovered"] < (0.6 if strict else 0.7) * rec["hellinger_noisy"]
+    ), rec
     rows = _bin_rows(report)
     labels = [row["label"] for row in report["accuracy_by_snr"]["rows"]]
-    noisy = [label for label in labels[:3]]
-    for label in noisy:
+    for label in labels[:3]:  # SNR ≤ 1, (1, 3], (3, 5]
         methods = rows[label]["methods"]
         model = methods["model_median"]["median_abs_frac_error_all"]
         assert model is not None
@@ -40,8 +45,8 @@ def _check_simulation(report, strict: bool):
 
 
 def test_simulation_experiment_reduced():
-    size = ExperimentSize(n_train=10_000, n_test=1_500, n_blocks=4, hidden=48, epochs=8)
-    report, trained, test, post = simulation_experiment(size, seed=3)
+    size = ExperimentSize(n_train=12_000, n_test=1_500, n_blocks=5, hidden=64, epochs=12)
+    report, _, test, post = simulation_experiment(size, seed=3, cmd_bins=30)
     assert len(post["distance_mean"]) == len(test)
     _check_simulation(report, strict=False)
 
@@ -54,7 +59,7 @@ def test_simulation_experiment_full():
 
 @pytest.mark.slow
 def test_cluster_experiment_table2():
-    report, trained, members, post = cluster_experiment(seed=0)
+    report, *_ = cluster_experiment(seed=0)
     json.dumps(report)
     rows = report["table2"]["rows"]
     for cut in (15.0, 50.0):
@@ -64,3 +69,31 @@ def test_cluster_experiment_table2():
             other = by_method[baseline]
             assert model["abs_error"] <= other["abs_error"] + 5.0, (cut, baseline, model, other)
             assert model["spread"] < other["spread"], (cut, baseline, model["spread"], other["spread"])
+
+
+@pytest.fixture(scope="module")
+def green_sample():
+    from jaxstars.data import data_dir
+
+    path = data_dir() / "green2020" / "green2020_sample.h5"
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (set JAXSTARS_DATA_DIR)")
+    return path
+
+
+def test_real_data_green2020(green_sample):
+    """Real Gaia DR2 stars: the CMD tightens, SNR improves, and degraded precise parallaxes are recovered."""
+    size = ExperimentSize(n_train=6_000, n_test=2_000, n_blocks=5, hidden=64, epochs=12)
+    report, *_ = real_data_experiment(size, seed=0, path=green_sample)
+    json.dumps(report)
+    scatter = report["cmd_scatter"]
+    assert scatter["model"]["median_scatter_mag"] < 0.9 * scatter["inverse_parallax"]["median_scatter_mag"], (
+        scatter
+    )
+    assert report["snr_table"]["mean_snr_improvement"] > 0.0, report["snr_table"]
+    check = report["degraded_parallax_check"]
+    assert check["n"] > 200
+    methods = check["accuracy"]["rows"][-1]["methods"]
+    model = methods["model_median"]["median_abs_frac_error_all"]
+    assert model < methods["inverse_parallax"]["median_abs_frac_error_all"], methods
+    assert model < methods["edsd_prior_median"]["median_abs_frac_error_all"], methods
