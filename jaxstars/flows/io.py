@@ -87,7 +87,16 @@ def load_flow(path: str | os.PathLike):
                 arrays.append(npz[name])
     except FlowFileError:
         raise
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        UnicodeDecodeError,
+        NotImplementedError,  # zipfile: corrupt compression-method field
+    ) as err:
         raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
 
     try:

@@ -61,7 +61,7 @@ def _check_grid(modulus_grid: Any) -> np.ndarray:
     if grid.ndim != 1 or grid.size < 2:
         raise ValueError("the distance-modulus grid needs at least two nodes")
     step = np.diff(grid)
-    if not (np.all(step > 0) and np.allclose(step, step[0], rtol=1e-6, atol=1e-9)):
+    if not (np.all(step > 0) and np.allclose(step, step[0], rtol=1e-4, atol=1e-6)):
         raise ValueError("the distance-modulus grid must be increasing and uniformly spaced")
     return grid
 

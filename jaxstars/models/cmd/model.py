@@ -196,7 +196,8 @@ class CMDStars(NamedTuple):
     dust: DustProfiles
     flags: Any
 
-    def __len__(self) -> int:
+    @property
+    def n_stars(self) -> int:
         return int(np.shape(self.parallax)[0])
 
     def take(self, index) -> CMDStars:

@@ -229,7 +229,10 @@ def _fixed_dust(model, params, batch, keys, grid, weights, config):
     draws = jax.vmap(interpolate_profile, in_axes=(None, 0, 0))(
         grid, batch["dust_values"], distance_modulus(d_best)
     )
-    return draws, d_best
+    # fixed along the sight line; stars without a parallax have no d_best to fix it at: they keep their profiles
+    fixed = jnp.broadcast_to(draws[:, None, :], batch["dust_values"].shape)
+    has_plx = jnp.isfinite(batch["parallax_error"])[:, None, None]
+    return jnp.where(has_plx, fixed, batch["dust_values"]), d_best
 
 
 _FLAT_PRIOR = FlatDistancePrior()
@@ -274,7 +277,7 @@ def distance_posteriors(
     """
     prior = _FLAT_PRIOR if prior is None else prior
     key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
-    n = len(stars)
+    n = stars.n_stars
     row_ids = np.arange(n) if row_ids is None else np.asarray(row_ids)
     grid = jnp.asarray(stars.dust.modulus_grid, dtype=jnp.float32)
     weights = jnp.asarray(stars.dust.weights, dtype=jnp.float32)

@@ -255,7 +255,7 @@ def train_cmd(
     flow = default_flow(features.dim, triangular=features.dim > features.n_required) if flow is None else flow
     model = CMDModel(features, flow, shift, scale, float(zero_point))
     k_init, k_fit, k_floor = jax.random.split(key, 3)
-    params = model.init(k_init) if params is None else params
+    params = jax.jit(model.init)(k_init) if params is None else params
     opts = dict(n_samples=n_samples, n_iterations=n_iterations, sigma_floor=sigma_floor)
     result = fit(
         flow,
@@ -326,7 +326,14 @@ def recalibrate_cmd_batchnorm(
 
 
 def training_log_density_floor(model, params, arrays, modulus_grid, key, *, n_iterations=5, quantile=1e-3):
-    """The ``quantile`` of ``log P`` at the training stars' best estimates: the coverage threshold."""
+    """The ``quantile`` of ``log P`` at the training stars' best estimates: the coverage threshold.
+
+    Uses the stars with parallax S/N > 5 when there are at least 100 (their best estimates are accurate; noisy
+    stars' estimates scatter far from the sequence and would drag the quantile down), else all.
+    """
+    snr = arrays["parallax"] / arrays["parallax_error"]
+    if np.sum(snr > 5) >= 100:
+        arrays = {k: v[snr > 5] for k, v in arrays.items()}
     est = batched_best_estimates(model, params, arrays, modulus_grid, key, n_iterations=n_iterations)
     log_p = np.asarray(jax.jit(model.log_density)(params, jnp.asarray(est.features)))
     log_p = log_p[np.isfinite(log_p)]
