@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     clu, *_ = cluster_experiment(clu_size, seed=0)
     print(f"Table 2 analogue ({time.perf_counter() - start:.0f} s): M67-like cluster at 840 pc")
-    for row in clu["table2"]["rows"]:
+    for row in clu["table2"]["rows"]:  # model: EDSD prior as the baseline; model_flat_prior: the paper
         print(
             f"  {row['method']:>16s} SNR<{row['snr_cut']:<4g} n={row['n']:4d} centre={row['centre']:.1f} spread={row['spread']:.1f}"
         )
