@@ -6,6 +6,7 @@ and the cluster (Table 2) experiment are ``slow``. All numbers are checked again
 
 import json
 
+import numpy as np
 import pytest
 
 from jaxstars.models.cmd.validation import (
