@@ -149,6 +149,12 @@ def plot_cmd_density(
             p["points"] = _finite_rows(p["points"])
             point_sets.append(p["points"])
         prepared.append(p)
+    if not any(ps.size for ps in point_sets):  # only grids (or histograms): their extents set the limits
+        for p in prepared:
+            if "grid" in p:
+                gx, gy = np.asarray(p["grid"][0], dtype=np.float64), np.asarray(p["grid"][1], dtype=np.float64)
+                point_sets.append(np.array([[gx.min(), gy.min()], [gx.max(), gy.max()]]))
+                break
     xlim, ylim = _cmd_limits(point_sets, xlim, ylim)
 
     images = []  # (panel index, x edges or centres, y, density, log)

@@ -228,6 +228,8 @@ def train_cmd(
     recalibrate : after training, set the BatchNorm running statistics from the whole training set (weighted by
         1/σ_P² at the final best estimates) instead of the last minibatches' moving averages.
 
+    Notes
+    -----
     Rows that cannot be used (missing photometry or dust, no parallax, RUWE, or missing optional bands, which
     are only marginalised at evaluation) are counted in ``flags``/``used`` of the result, never silently dropped.
     """
