@@ -193,6 +193,48 @@ def test_distances_do_not_depend_on_chunking(sim, model_dir, single_chunk, capsy
     assert "exists" in _error_line(capsys)
 
 
+def test_distances_resume_an_interrupted_run(sim, model_dir, single_chunk, capsys, tmp_path):
+    base, _ = sim
+    out = tmp_path / "resumed.parquet"
+    work = tmp_path / "resumed.parquet.parts"
+    args = [
+        "cmd",
+        "distances",
+        "--model",
+        str(model_dir),
+        "--catalog",
+        str(base / "sim.parquet"),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "200",
+        "--quiet",
+    ]
+    assert main([*args, "--keep-parts"]) == 0
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["completed"] == [{"parts": [0, 1], "rows": [0, N_STARS], "n_rows": N_STARS}]
+    # the state a run killed during its second block leaves: one block recorded, no output
+    manifest["completed"] = [{"parts": [0, 0], "rows": [0, 200], "n_rows": 200}]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    out.unlink()
+    capsys.readouterr()
+    # other settings are refused while those blocks exist ...
+    assert main([*args, "--prior", "edsd:1000"]) == 2
+    err = _error_line(capsys)
+    assert "config" in err and "--overwrite" in err
+    # ... the same command resumes, computing the second block only
+    assert main(args) == 0
+    assert "1 of 2 blocks resumed" in capsys.readouterr().out
+    assert not work.exists()
+    resumed = Table.read(out)
+    assert resumed.colnames == single_chunk.colnames
+    for name in resumed.colnames:
+        np.testing.assert_array_equal(np.asarray(resumed[name]), np.asarray(single_chunk[name]), err_msg=name)
+    # and once complete, the same command has nothing left to do
+    assert main(args) == 0
+    assert "already holds these 400 stars" in capsys.readouterr().out
+
+
 def test_evaluate_prints_metrics_json(sim, model_dir, single_chunk, capsys, tmp_path):
     from jaxstars.models.cmd import metrics
 

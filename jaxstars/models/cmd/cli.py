@@ -15,15 +15,18 @@ VOTable) with Gaia G/BP/RP photometry (canonical ``mag_G``/``mag_err_G``… or G
   ``DIR/model.npz`` (:meth:`CMDModel.save`), ``DIR/training.json`` (loss history, rows used and why the others
   were not, the arguments) and ``DIR/loss_curve.png``. The dust source (map name or reddening columns) is stored
   in the model and is the default of ``distances``/``evaluate``.
-* ``distances`` streams the catalog in blocks (:func:`jaxstars.catalog.iter_chunks`), runs
+* ``distances`` runs the catalog through :func:`jaxstars.catalog.run_catalog` in blocks of ``--chunk-rows``:
   :func:`~jaxstars.models.cmd.prepare_stars` and :func:`~jaxstars.models.cmd.distance_posteriors` on each (random
-  draws keyed by the global row index, so the output does not depend on ``--chunk-rows``) and writes one row per
+  draws keyed by the global row index, so the output does not depend on ``--chunk-rows``), and writes one row per
   input row, in input order: ``source_id`` (when the catalog has it), ``distance_mean``, ``distance_std``,
   ``distance_q2_5`` … ``distance_q97_5`` [pc], ``log_evidence``, ``reddening_mean`` [mag of the model's
   reddening, E(g−r) for Cranmer's coefficients], ``flags`` (bits of :data:`~jaxstars.models.cmd.FLAGS`),
   ``flag_names`` (the same as ``|``-separated names) and, with ``--samples S``, ``distance_samples`` (S draws per
   row; one column per draw in CSV). Rows that cannot be evaluated are kept, flagged, with NaN results.
-  Parquet and CSV outputs are written block by block; other formats are collected and written at the end.
+  The run is resumable: finished blocks are kept in ``OUT.parts/`` (with a manifest of the settings), so after an
+  interruption the same command carries on where it stopped; different settings are refused until
+  ``--overwrite`` is given, which starts again. The blocks are merged into ``OUT`` at the end (Parquet and CSV
+  stream; other formats are collected in memory), and ``OUT.parts/`` is removed unless ``--keep-parts``.
 * ``evaluate`` computes the same posteriors and prints a JSON document of metrics
   (:mod:`jaxstars.models.cmd.metrics`): Cranmer et al. Table 1's SNR table when the catalog has parallaxes,
   and, when it has a ``true_distance`` column (simulations), accuracy per parallax-SNR bin of the model's
@@ -114,7 +117,14 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
     dist.add_argument(
         "--samples", type=int, default=0, help="posterior distance draws per star to write (default: none)"
     )
-    dist.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    dist.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output file if it exists and discard the finished blocks of an earlier run",
+    )
+    dist.add_argument(
+        "--keep-parts", action="store_true", help="keep the per-block results in OUT.parts/ after merging"
+    )
     dist.set_defaults(func=lambda args: _guarded("distances", _distances, args))
 
     ev = sub.add_parser(
@@ -580,12 +590,11 @@ def _plot_loss(train_loss: np.ndarray, val_loss: np.ndarray, best_epoch: int, pa
 
 
 def _result_table(block, res: dict, n_samples: int):
+    """The output columns of one block (``source_id`` is added by :func:`~jaxstars.catalog.run_catalog`)."""
     import astropy.units as u
     from astropy.table import Table
 
     out = Table()
-    if "source_id" in block.colnames:
-        out["source_id"] = np.asarray(block["source_id"], dtype=np.int64)
     n = len(block)
     columns = [
         ("distance_mean", u.pc, "posterior mean distance"),
@@ -615,37 +624,96 @@ def _result_table(block, res: dict, n_samples: int):
     return out
 
 
+def _model_file(path: str) -> Path:
+    """The ``model.npz`` behind ``--model`` (a folder or the file itself)."""
+    from jaxstars.models.cmd.model import MODEL_FILE
+
+    path = _require_file(path, "model")
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _distances(args: argparse.Namespace) -> int:
-    from jaxstars.catalog import chunk_writer
+    from jaxstars.catalog import run_catalog
+    from jaxstars.models.cmd import FLAGS, PosteriorConfig, distance_posteriors, flag_names
 
     if args.samples < 0:
         raise CMDCommandError("--samples must be >= 0")
+    if args.chunk_rows < 1:
+        raise CMDCommandError("--chunk-rows must be at least 1")
     model, params = _load_model(args.model)
+    model_file = _model_file(args.model)
     dust = _resolve_dust(args, model.info)
-    parse_prior(args.prior)
+    prior = parse_prior(args.prior)
     catalog, _ = _open_catalog(args, dust)
     out_path = Path(args.out)
     if out_path.resolve() == catalog.resolve():
         raise CMDCommandError("--out must differ from --catalog")
-    started = time.perf_counter()
-    counts: dict[str, int] = {}
-    n_rows = n_result = 0
-    with chunk_writer(out_path, overwrite=args.overwrite) as writer:
-        for block, res in _posterior_blocks(args, model, params, dust, args.samples, "distances"):
-            writer.write(_result_table(block, res, args.samples))
-            flags = np.asarray(res["flags"], dtype=np.int64)
-            for name, count in _flag_counts(flags).items():
-                counts[name] = counts.get(name, 0) + count
-            n_rows += len(block)
-            n_result += int(np.count_nonzero(np.isfinite(np.asarray(res["distance_mean"]))))
-    elapsed = time.perf_counter() - started
-    rate = n_rows / elapsed if elapsed > 0 else float("nan")
-    print(
-        f"jaxstars cmd distances: {n_rows} stars in {elapsed:.1f} s ({rate:.0f} stars/s), prior {args.prior}, "
-        f"{dust.describe()}, dust mode {args.dust}; wrote {out_path}"
+    posterior_config = PosteriorConfig(dust=args.dust, n_samples=args.samples)
+
+    def process_chunk(block, row_ids):
+        stars = dust.stars(model.features, block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = distance_posteriors(
+                model, params, stars, key=args.seed, prior=prior, config=posterior_config, row_ids=row_ids
+            )
+        return _result_table(block, res, args.samples)
+
+    # everything the results depend on: a resumed run must have been started with the same settings
+    config = {
+        "command": "jaxstars cmd distances",
+        "model": str(model_file.resolve()),
+        "model_sha256": _file_sha256(model_file),
+        "prior": args.prior,
+        "dust_mode": args.dust,
+        "dust": dust.describe(),
+        "seed": args.seed,
+        "samples": args.samples,
+    }
+    extra = dust.extra_columns()
+    summary = run_catalog(
+        catalog,
+        out_path,
+        process_chunk,
+        chunk_rows=args.chunk_rows,
+        config=config,
+        keep_columns=("source_id",),
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        label="stars",
+        flag_names=flag_names,
+        keep_parts=args.keep_parts,
+        write_row_id=False,
+        read_options={"extra_columns": extra} if extra else None,
     )
+    n_rows = summary.n_rows
+    n_result = summary.finite_counts.get("distance_mean", 0)
+    if summary.already_complete:
+        print(f"jaxstars cmd distances: {out_path} already holds these {n_rows} stars (same catalog and settings)")
+    else:
+        resumed = (
+            f" ({summary.n_rows_processed} computed now, {summary.n_resumed_chunks} of {summary.n_chunks} blocks "
+            f"resumed from {out_path}.parts/)"
+            if summary.n_resumed_chunks
+            else ""
+        )
+        print(
+            f"jaxstars cmd distances: {n_rows} stars{resumed} in {summary.seconds:.1f} s "
+            f"({summary.rows_per_second:.0f} stars/s), prior {args.prior}, {dust.describe()}, dust mode {args.dust}; "
+            f"wrote {out_path}"
+        )
     print(f"  {n_result} with a posterior, {n_rows - n_result} without (NaN results; see flags)")
-    flagged = ", ".join(f"{name} {count}" for name, count in counts.items() if count)
+    flagged = ", ".join(f"{name} {summary.flag_counts[name]}" for name in FLAGS if summary.flag_counts.get(name))
     print(f"  flags: {flagged or 'none'}")
     return 0
 
