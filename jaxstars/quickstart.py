@@ -560,7 +560,10 @@ def plot_distance_accuracy(true_distance, estimates: dict, snr, path: str | Path
         Parallax SNR ``ϖ/σ_ϖ`` per star (panel a colour, panel b binning).
     path : output PNG.
 
-    Returns the path written.
+    Returns
+    -------
+    pathlib.Path
+        The path written.
     """
     from matplotlib.colors import LogNorm
 
