@@ -258,7 +258,7 @@ def train_cmd(
     model = CMDModel(features, flow, shift, scale, float(zero_point))
     k_init, k_fit, k_floor = jax.random.split(key, 3)
     params = jax.jit(model.init)(k_init) if params is None else params
-    opts = dict(n_samples=n_samples, n_iterations=n_iterations, sigma_floor=sigma_floor)
+    opts = {"n_samples": n_samples, "n_iterations": n_iterations, "sigma_floor": sigma_floor}
     result = fit(
         flow,
         arrays,
@@ -300,16 +300,17 @@ def train_cmd(
 def batched_best_estimates(model, params, arrays: dict, modulus_grid, key, *, n_iterations=10, chunk=4096):
     """:func:`best_estimates` over many stars in fixed-size chunks (numpy in, numpy out)."""
     grid = jnp.asarray(modulus_grid, dtype=jnp.float32)
-    fn = jax.jit(lambda b, k: best_estimates(model, params, b, k, grid, n_iterations=n_iterations))
+    fn = jax.jit(lambda p, b, k: best_estimates(model, p, b, k, grid, n_iterations=n_iterations))
     n = len(arrays["parallax"])
+    chunk = max(1, min(chunk, n))
     out = []
     for start in range(0, n, chunk):
         part = {k: v[start : start + chunk] for k, v in arrays.items()}
         size = len(part["parallax"])
         if size < chunk:  # pad to a static shape: one compilation
             part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - size, axis=0)]) for k, v in part.items()}
-        est = fn(part, jax.random.fold_in(key, start))
-        out.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size], est))
+        est = fn(params, part, jax.random.fold_in(key, start))
+        out.append(BestEstimate(*(np.asarray(a)[:size] for a in est)))
     return BestEstimate(*(np.concatenate([getattr(e, f) for e in out]) for f in BestEstimate._fields))
 
 
