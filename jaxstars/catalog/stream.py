@@ -34,6 +34,7 @@ only when closed without error, so an interrupted run never leaves a truncated f
 
 from __future__ import annotations
 
+import abc
 import base64
 import os
 import warnings
@@ -352,7 +353,7 @@ def _hdf5_blocks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> 
 # ------------------------------------------------------------------------------------------------ writing
 
 
-class _ChunkWriter:
+class _ChunkWriter(abc.ABC):
     """Common machinery: temporary ``.partial`` file, overwrite check, context manager, row count."""
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
@@ -404,11 +405,13 @@ class _ChunkWriter:
             raise ValueError(f"block columns {names} differ from the first block's {expected}")
         return names
 
-    def _write(self, table: Table) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _write(self, table: Table) -> None:
+        """Append one block to the temporary file."""
 
-    def _finish(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _finish(self) -> None:
+        """Flush and close the temporary file (it is then renamed into place)."""
 
     def _abandon(self) -> None:
         pass
