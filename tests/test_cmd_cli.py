@@ -25,6 +25,13 @@ NAN_ROWS = (5, 17)  # mag_BP missing: no photometric result
 NO_PLX_ROW = 23  # parallax missing: photometry-only posterior
 
 
+def _distances(model_dir, catalog, out, *extra):
+    """``jaxstars cmd distances --model M --catalog C --out O [extra...]``; returns the exit code."""
+    return main(
+        ["cmd", "distances", "--model", str(model_dir), "--catalog", str(catalog), "--out", str(out), *extra]
+    )
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     base = tmp_path_factory.mktemp("cmd_cli")
@@ -296,57 +303,15 @@ def test_corrupt_model_file(sim, tmp_path, capsys):
     bad = tmp_path / "bad_model"
     bad.mkdir()
     (bad / "model.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
-    assert (
-        main(
-            [
-                "cmd",
-                "distances",
-                "--model",
-                str(bad),
-                "--catalog",
-                str(sim[0] / "sim.parquet"),
-                "--out",
-                str(tmp_path / "o.parquet"),
-            ]
-        )
-        == 2
-    )
+    assert _distances(str(bad), str(sim[0] / "sim.parquet"), str(tmp_path / "o.parquet")) == 2
     assert "corrupt" in _error_line(capsys)
     assert not (tmp_path / "o.parquet").exists()
 
 
 def test_missing_files(sim, model_dir, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "cmd",
-                "distances",
-                "--model",
-                str(tmp_path / "nowhere"),
-                "--catalog",
-                str(sim[0] / "sim.parquet"),
-                "--out",
-                str(tmp_path / "o.parquet"),
-            ]
-        )
-        == 2
-    )
+    assert _distances(str(tmp_path / "nowhere"), str(sim[0] / "sim.parquet"), str(tmp_path / "o.parquet")) == 2
     assert "not found" in _error_line(capsys)
-    assert (
-        main(
-            [
-                "cmd",
-                "distances",
-                "--model",
-                str(model_dir),
-                "--catalog",
-                str(tmp_path / "absent.parquet"),
-                "--out",
-                str(tmp_path / "o.parquet"),
-            ]
-        )
-        == 2
-    )
+    assert _distances(str(model_dir), str(tmp_path / "absent.parquet"), str(tmp_path / "o.parquet")) == 2
     assert "absent.parquet" in _error_line(capsys)
     assert main(["cmd", "train", "--catalog", str(tmp_path / "absent.fits"), "--out", str(tmp_path / "m")]) == 2
     assert "not found" in _error_line(capsys)
@@ -358,42 +323,14 @@ def test_catalog_missing_photometry_columns(sim, model_dir, tmp_path, capsys):
     _, cat = sim
     path = tmp_path / "no_bp.parquet"
     write_table(cat[[c for c in cat.colnames if c not in ("mag_BP", "mag_err_BP")]], path)
-    assert (
-        main(
-            [
-                "cmd",
-                "distances",
-                "--model",
-                str(model_dir),
-                "--catalog",
-                str(path),
-                "--out",
-                str(tmp_path / "o.parquet"),
-            ]
-        )
-        == 2
-    )
+    assert _distances(str(model_dir), str(path), str(tmp_path / "o.parquet")) == 2
     assert "mag_BP" in _error_line(capsys)
     assert main(["cmd", "train", "--catalog", str(path), "--out", str(tmp_path / "m")]) == 2
     assert "mag_BP" in _error_line(capsys)
     # no sky positions: the dust map cannot be used
     path = tmp_path / "no_positions.parquet"
     write_table(cat[[c for c in cat.colnames if c not in ("l", "b", "ra", "dec")]], path)
-    assert (
-        main(
-            [
-                "cmd",
-                "distances",
-                "--model",
-                str(model_dir),
-                "--catalog",
-                str(path),
-                "--out",
-                str(tmp_path / "o.parquet"),
-            ]
-        )
-        == 2
-    )
+    assert _distances(str(model_dir), str(path), str(tmp_path / "o.parquet")) == 2
     assert "positions" in _error_line(capsys)
     # a Gaia-archive-style file is accepted by the same check (no error before the posterior stage)
     from jaxstars.models.cmd.cli import _probe_photometry
