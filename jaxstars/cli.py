@@ -25,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     from jaxstars.astro.simulate_cli import add_simulate_arguments
 
     add_simulate_arguments(sub.add_parser("simulate", help="write a simulated Gaia-like catalog with known truth"))
+    from jaxstars.infer import add_infer_arguments
+
+    add_infer_arguments(
+        sub.add_parser(
+            "infer",
+            help="per-star inference with a saved model over a whole catalog (streamed, resumable, Dask-ready)",
+        )
+    )
     from jaxstars.models.cmd.cli import add_cmd_arguments
 
     add_cmd_arguments(sub)

@@ -231,7 +231,7 @@ def test_distances_resume_an_interrupted_run(sim, model_dir, single_chunk, capsy
     assert "config" in err and "--overwrite" in err
     # ... the same command resumes, computing the second block only
     assert main(args) == 0
-    assert "1 of 2 blocks resumed" in capsys.readouterr().out
+    assert "1 of 2 chunks resumed" in capsys.readouterr().out
     assert not work.exists()
     resumed = Table.read(out)
     assert resumed.colnames == single_chunk.colnames

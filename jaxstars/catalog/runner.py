@@ -11,14 +11,17 @@ Work directory and manifest
 
     {"format": "jaxstars.catalog.run", "version": 1, "label": "stars",
      "input": {"path": "/abs/in.parquet", "size": 123456, "mtime_ns": 1700000000000000000, "n_rows": 1003},
-     "chunk_rows": 200, "config_hash": "sha256:…", "config": {…}, "keep_columns": ["source_id"],
+     "layout": "rows", "chunk_rows": 200, "config_hash": "sha256:…", "config": {…}, "keep_columns": ["source_id"],
      "read_options": {}, "columns": ["row_id", "source_id", "x", …], "result_columns": ["x", …],
      "n_chunks": 6, "completed": [{"parts": [0, 3], "rows": [0, 800], "n_rows": 800}]}
 
 ``completed`` lists runs of consecutive finished parts: ``parts`` is the first and last part index (inclusive),
-``rows`` the half-open range of input rows they hold and ``n_rows`` their row count (part ``k`` holds rows
-``k*chunk_rows`` up to ``(k+1)*chunk_rows``, the last part of the file fewer). Runs keep the manifest a few hundred
-bytes however many parts there are, so rewriting it after every part stays cheap at Gaia scale.
+``rows`` the half-open range of input rows they hold and ``n_rows`` their row count. For a table file part ``k``
+holds rows ``k*chunk_rows`` up to ``(k+1)*chunk_rows`` (the last part of the file fewer). For a HATS catalog
+(``"layout": "hats"``) the chunks follow the HEALPix partitions — each partition, in canonical order, cut into
+pieces of ``chunk_rows`` rows — so the chunk boundaries are derived from the partition row counts (Parquet
+footers), which the input identity (total size, latest modification time) pins down. Runs keep the manifest a few
+hundred bytes however many parts there are, so rewriting it after every part stays cheap at Gaia scale.
 
 Crash safety
 ------------
@@ -51,6 +54,11 @@ Failures in ``process_chunk``
 Bad rows are ``process_chunk``'s business (flag them, return NaN). If it raises, the run stops with
 :class:`ChunkProcessingError`, whose message names the chunk and its row range and which chains the original
 exception; the finished parts stay, so fixing the cause and rerunning resumes.
+
+Dask
+----
+With ``dask=...`` the chunks are computed on Dask workers and everything above still holds: the calling process
+writes every part and the manifest, in completion order (:mod:`jaxstars.catalog.distributed`).
 """
 
 from __future__ import annotations
@@ -62,9 +70,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +84,19 @@ from astropy.table import Column, MaskedColumn, Table
 
 from jaxstars.astro.catalog_io import _format_of, to_canonical
 
-from .stream import ParquetChunkWriter, _check_chunk_rows, chunk_writer, count_rows, iter_raw_chunks, peek
+from .distributed import DaskSettings
+from .stream import (
+    ParquetChunkWriter,
+    _block_refs,
+    _BlockRef,
+    _check_chunk_rows,
+    _is_hats,
+    _read_block,
+    chunk_writer,
+    count_rows,
+    iter_raw_chunks,
+    peek,
+)
 
 __all__ = ["ChunkProcessingError", "RunMismatchError", "RunSummary", "run_catalog"]
 
@@ -114,6 +136,35 @@ class ChunkProcessingError(RuntimeError):
         self.start = start
         self.stop = stop
 
+    def __reduce__(self):
+        # pickled on a Dask worker, rebuilt on the client: keep the attributes and the chained cause
+        message = self.args[0] if self.args else ""
+        return _rebuild_chunk_error, (
+            type(self),
+            message,
+            self.chunk,
+            self.start,
+            self.stop,
+            _portable(self.__cause__),
+        )
+
+
+def _portable(err: BaseException | None) -> BaseException | None:
+    """``err`` if it pickles, else a ``RuntimeError`` carrying its type name and message."""
+    if err is None:
+        return None
+    try:
+        pickle.dumps(err)
+    except Exception:  # noqa: BLE001 - whatever stops pickling, send a description instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _rebuild_chunk_error(cls, message, chunk, start, stop, cause):
+    err = cls(message, chunk=chunk, start=start, stop=stop)
+    err.__cause__ = cause
+    return err
+
 
 class RunMismatchError(FileExistsError):
     """The work directory (or the output) belongs to a run with another input or other settings."""
@@ -148,6 +199,8 @@ class RunSummary:
         The work directory if it was kept (``keep_parts=True``), else ``None``.
     already_complete : bool
         The output already held this exact run (nothing was computed or written).
+    n_workers : int
+        Dask worker threads the chunks were computed on (0: in this process).
     """
 
     n_rows: int
@@ -161,6 +214,7 @@ class RunSummary:
     finite_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     work_dir: Path | None = None
     already_complete: bool = False
+    n_workers: int = 0
 
 
 def run_catalog(
@@ -178,6 +232,7 @@ def run_catalog(
     keep_parts: bool = False,
     write_row_id: bool = True,
     read_options: Mapping[str, Any] | None = None,
+    dask: DaskSettings | int | str | Any | None = None,
 ) -> RunSummary:
     """Run ``process_chunk`` over a catalog chunk by chunk, resumably, and merge the results into one file.
 
@@ -185,7 +240,9 @@ def run_catalog(
     ----------
     input_path : str or path-like
         Catalog file (Parquet, FITS, CSV/ECSV, HDF5, VOTable: anything :func:`~jaxstars.catalog.iter_chunks`
-        reads). It must not change while a run (or its resumption) is in progress.
+        reads) or HATS catalog directory (:mod:`jaxstars.catalog.hats`: the chunks follow its HEALPix partitions
+        and ``row_id`` is the position in its canonical partition order). It must not change while a run (or
+        its resumption) is in progress.
     output_path : str or path-like
         The merged result file, Parquet (recommended: streamed part by part, memory bounded by one part). Other
         suffixes are written with :func:`~jaxstars.catalog.chunk_writer` (CSV streams; FITS, HDF5, ECSV and
@@ -197,9 +254,10 @@ def run_catalog(
         ``Column`` or ``Quantity``: units and descriptions are kept) or an astropy Table, with one row per input
         row in the same order. Every chunk must return the same columns. It must be deterministic given the
         rows and their ``row_ids`` (e.g. seed random draws with the row ids) for a resumed run, or another
-        ``chunk_rows``, to reproduce an uninterrupted one.
+        ``chunk_rows``, to reproduce an uninterrupted one. With ``dask`` it must be picklable: see
+        :class:`~jaxstars.catalog.ChunkProcessor` for model-backed processors.
     chunk_rows : int
-        Rows per chunk.
+        Rows per chunk (for a HATS catalog: at most, as a chunk never spans two partitions).
     config : dict, optional
         JSON-able settings of ``process_chunk`` (model file, prior, seed, …). Its hash is stored in the manifest;
         resuming with another config raises :class:`RunMismatchError`. Change it whenever the results would
@@ -226,6 +284,11 @@ def run_catalog(
         Passed to the catalog reader: ``columns``, ``format`` (:func:`~jaxstars.catalog.iter_raw_chunks`),
         ``extra_columns``, ``gaia_release``, ``gaia_zp_floor`` (:func:`~jaxstars.astro.catalog_io.to_canonical`).
         Stored in the manifest like ``config``.
+    dask : int, str, distributed.Client or DaskSettings, optional
+        Compute the chunks on Dask workers (:mod:`jaxstars.catalog.distributed`): a number of local worker
+        processes (a local cluster is started and closed), a scheduler address (``"tcp://host:8786"``), a
+        client, or :class:`~jaxstars.catalog.DaskSettings`. This process still writes every part, the manifest
+        and the output: results, resumption and the output file are the same as without Dask.
 
     Returns
     -------
@@ -240,6 +303,8 @@ def run_catalog(
         The work directory holds a run of another input or other settings (pass ``overwrite=True``).
     FileExistsError
         The output exists and is not this run's output (pass ``overwrite=True``).
+    TypeError
+        With ``dask``: ``process_chunk`` cannot be pickled.
 
     Notes
     -----
@@ -253,27 +318,51 @@ def run_catalog(
     ...     return {"distance": 1000.0 / np.asarray(table["parallax"])}
     >>> summary = run_catalog("gaia.parquet", "distances.parquet", inverse_parallax,
     ...                       chunk_rows=100_000, config={"method": "inverse parallax"})
+
+    The same on a local cluster of 4 worker processes, or on a running cluster::
+
+        run_catalog("gaia.parquet", "distances.parquet", inverse_parallax, dask=4)
+        run_catalog("gaia_hats/", "distances.parquet", inverse_parallax, dask="tcp://10.0.0.1:8786")
     """
     started = time.perf_counter()
     if not callable(process_chunk):
         raise TypeError("process_chunk must be callable as process_chunk(table, row_ids)")
     chunk_rows = _check_chunk_rows(chunk_rows)
+    dask_settings = DaskSettings.coerce(dask)
     input_path = Path(input_path)
     output_path = Path(output_path)
-    if not input_path.is_file():
+    options = _normalise_read_options(read_options)
+    hats = None
+    if _is_hats(input_path, options.get("format")) and input_path.exists():
+        from .hats import open_hats_catalog
+
+        hats = open_hats_catalog(input_path)
+    elif not input_path.is_file():
         raise FileNotFoundError(f"catalog {input_path} not found")
     if output_path.resolve() == input_path.resolve():
         raise ValueError("the output must be a different file from the input")
-    options = _normalise_read_options(read_options)
     out_format = _format_of(output_path, None)  # an unknown suffix fails now, not after the whole run
-    _format_of(input_path, options.get("format"))
+    if hats is None:
+        _format_of(input_path, options.get("format"))
     keep = list(dict.fromkeys(str(c) for c in keep_columns))
     if ROW_ID in keep:
         raise ValueError(f"{ROW_ID!r} is always written; do not list it in keep_columns")
     config_json, config_hash = _hash_config(config)
-    stat = input_path.stat()
+    if dask_settings is not None:
+        from .distributed import check_picklable
+
+        check_picklable(process_chunk)
+    if hats is not None:
+        identity = hats.identity()
+    else:
+        stat = input_path.stat()
+        identity = {
+            "path": str(input_path.resolve()),
+            "size": int(stat.st_size),
+            "mtime_ns": int(stat.st_mtime_ns),
+        }
     settings = {
-        "input": {"path": str(input_path.resolve()), "size": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)},
+        "input": identity,
         "chunk_rows": chunk_rows,
         "config_hash": config_hash,
         "keep_columns": keep,
@@ -288,6 +377,7 @@ def run_catalog(
         output=output_path,
         out_format=out_format,
         write_row_id=bool(write_row_id),
+        hats=hats,
     )
 
     if not overwrite:
@@ -318,7 +408,10 @@ def run_catalog(
             if manifest is not None:
                 _check_same(manifest, settings, work)
         run.start(manifest, input_path)
-        run.process(input_path, process_chunk, keep, options, progress)
+        if dask_settings is None:
+            run.process(input_path, process_chunk, keep, options, progress)
+        else:
+            run.process_dask(input_path, process_chunk, keep, options, progress, dask_settings)
         stats = run.merge(flag_names)
         if keep_parts:
             run.mark_merged()
@@ -337,6 +430,7 @@ def run_catalog(
         n_rows_processed=n_processed,
         finite_counts=stats.finite_counts,
         work_dir=work if keep_parts else None,
+        n_workers=run.n_workers,
     )
     logger.info(
         "wrote %s: %d %s in %d chunks (%d resumed), %.1f s, %.0f %s/s",
@@ -379,6 +473,26 @@ class _Stats:
                         self.flag_counts[name] = self.flag_counts.get(name, 0) + int(count)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Chunk boundaries: regular (chunk ``k`` starts at ``k * chunk_rows``) or explicit (HATS partitions)."""
+
+    chunk_rows: int
+    bounds: tuple[tuple[int, int], ...] | None = None  # (start, stop) of every chunk, when not regular
+
+    def start(self, k: int) -> int:
+        return self.bounds[k][0] if self.bounds is not None else k * self.chunk_rows
+
+    def limit(self, k: int) -> int:
+        """Most rows chunk ``k`` can hold (exactly its rows for an explicit plan)."""
+        if self.bounds is not None:
+            return self.bounds[k][1] - self.bounds[k][0]
+        return self.chunk_rows
+
+    def has(self, k: int) -> bool:
+        return k >= 0 and (self.bounds is None or k < len(self.bounds))
+
+
 @dataclasses.dataclass
 class _Run:
     """State of one run: settings, the manifest being kept up to date, the finished parts."""
@@ -390,6 +504,7 @@ class _Run:
     output: Path
     out_format: str
     write_row_id: bool
+    hats: Any = None  # the HatsCatalog when the input is one
     completed: dict[int, int] = dataclasses.field(default_factory=dict)  # part index -> rows
     columns: list[str] | None = None
     result_columns: list[str] | None = None
@@ -397,6 +512,9 @@ class _Run:
     n_chunks: int = 0
     n_resumed: int = 0
     resumed_rows: int = 0
+    n_workers: int = 0
+    refs: list[_BlockRef] | None = None  # the chunks as references, when known before reading (HATS)
+    plan: _Plan | None = None
 
     @property
     def chunk_rows(self) -> int:
@@ -409,11 +527,23 @@ class _Run:
 
     def start(self, manifest: dict | None, input_path: Path) -> None:
         """Take over the verified finished parts of ``manifest`` (None: a fresh run) and write the manifest."""
-        self.n_rows_input = count_rows(input_path, format=self.settings["read_options"].get("format"))
+        options = self.settings["read_options"]
+        if self.hats is not None:
+            self.n_rows_input = self.hats.n_rows
+            self.refs = _block_refs(input_path, self.chunk_rows, options.get("columns"), None, hats=self.hats)
+            bounds, start = [], 0
+            for ref in self.refs:
+                bounds.append((start, start + ref.stop - ref.start))
+                start = bounds[-1][1]
+            self.plan = _Plan(self.chunk_rows, tuple(bounds))
+            self.n_chunks = len(self.refs)
+        else:
+            self.n_rows_input = count_rows(input_path, format=options.get("format"))
+            self.plan = _Plan(self.chunk_rows)
         if manifest is not None:
             self.columns = manifest.get("columns")
             self.result_columns = manifest.get("result_columns")
-            for k, n_rows in _parts_of_runs(manifest.get("completed", []), self.chunk_rows):
+            for k, n_rows in _parts_of_runs(manifest.get("completed", []), self.plan):
                 if _part_rows(self.part_path(k)) == n_rows:
                     self.completed[k] = n_rows
                 else:
@@ -432,11 +562,15 @@ class _Run:
 
     def manifest(self) -> dict:
         s = self.settings
+        layout = {"layout": "rows"}
+        if self.hats is not None:
+            layout = {"layout": "hats", "n_partitions": len(self.hats.partitions)}
         return {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "label": self.label,
             "input": {**s["input"], "n_rows": self.n_rows_input},
+            **layout,
             "chunk_rows": s["chunk_rows"],
             "config_hash": s["config_hash"],
             "config": self.config,
@@ -445,7 +579,7 @@ class _Run:
             "columns": self.columns,
             "result_columns": self.result_columns,
             "n_chunks": self.n_chunks or None,
-            "completed": _runs_of_parts(self.completed, self.chunk_rows),
+            "completed": _runs_of_parts(self.completed, self.plan),
         }
 
     def write_manifest(self, extra: Mapping[str, Any] | None = None) -> None:
@@ -463,24 +597,10 @@ class _Run:
 
     # -- processing
 
-    def process(self, input_path: Path, process_chunk, keep: list[str], options: dict, progress: bool) -> None:
-        """Compute every chunk that is not finished yet, writing its part and then the manifest."""
+    def _progress_bar(self, input_path: Path, progress: bool):
         from tqdm.auto import tqdm
 
-        canonical_options = {
-            k: options[k] for k in ("extra_columns", "gaia_release", "gaia_zp_floor") if k in options
-        }
-        logger.info(
-            "%s: %s %s in chunks of %d; %d chunks (%d %s) already done",
-            input_path,
-            "?" if self.n_rows_input is None else self.n_rows_input,
-            self.label,
-            self.chunk_rows,
-            self.n_resumed,
-            self.resumed_rows,
-            self.label,
-        )
-        bar = tqdm(
+        return tqdm(
             total=self.n_rows_input,
             initial=self.resumed_rows,
             desc=input_path.name,
@@ -491,29 +611,36 @@ class _Run:
             leave=False,
             dynamic_ncols=True,
         )
-        n_chunks = n_computed = rows_computed = 0
-        with bar:
-            for start, raw in iter_raw_chunks(
-                input_path, self.chunk_rows, options.get("columns"), format=options.get("format")
-            ):
-                k = start // self.chunk_rows
-                n_chunks = k + 1
-                n = len(raw)
-                if self.completed.get(k) == n:
-                    continue
-                if k in self.completed:  # the manifest says otherwise: recompute
-                    del self.completed[k]
-                table = to_canonical(raw, **canonical_options)
-                part = self._part_table(k, start, raw, table, keep, process_chunk)
-                with ParquetChunkWriter(self.part_path(k), overwrite=True) as writer:
-                    writer.write(part)
-                _fsync(self.part_path(k))  # on disk before the manifest says so (power loss, not only kills)
-                self.completed[k] = n
-                n_computed += 1
-                rows_computed += n
-                self.write_manifest()
-                logger.debug("chunk %d (rows %d to %d) done", k, start, start + n)
-                bar.update(n)
+
+    def _log_start(self, input_path: Path, where: str) -> None:
+        logger.info(
+            "%s: %s %s in chunks of %d%s; %d chunks (%d %s) already done",
+            input_path,
+            "?" if self.n_rows_input is None else self.n_rows_input,
+            self.label,
+            self.chunk_rows,
+            where,
+            self.n_resumed,
+            self.resumed_rows,
+            self.label,
+        )
+
+    def _where(self, k: int, start: int, n: int, extra: str = "") -> str:
+        """How messages name chunk ``k``."""
+        if not n:
+            return f"chunk {k}"
+        detail = f", {extra}" if extra else ""
+        return f"chunk {k} (rows {start} to {start + n - 1} of {self.settings['input']['path']}{detail})"
+
+    def _save_part(self, k: int, part: Table) -> None:
+        """Write part ``k`` (atomically, flushed to disk), then record it in the manifest."""
+        with ParquetChunkWriter(self.part_path(k), overwrite=True) as writer:
+            writer.write(part)
+        _fsync(self.part_path(k))  # on disk before the manifest says so (power loss, not only kills)
+        self.completed[k] = len(part)
+        self.write_manifest()
+
+    def _finish_processing(self, n_chunks: int, n_computed: int, rows_computed: int) -> None:
         self.n_chunks = n_chunks
         self.n_resumed = n_chunks - n_computed
         self.resumed_rows = sum(self.completed[k] for k in range(n_chunks)) - rows_computed
@@ -521,62 +648,172 @@ class _Run:
             self.n_rows_input = sum(self.completed.values())
         self.write_manifest()
 
-    def _part_table(self, k: int, start: int, raw: Table, table: Table, keep, process_chunk) -> Table:
-        """Call ``process_chunk`` on one chunk and assemble its part: ``row_id``, kept columns, results."""
-        n = len(table)
-        stop = start + n
-        where = (
-            f"chunk {k} (rows {start} to {stop - 1} of {self.settings['input']['path']})" if n else f"chunk {k}"
-        )
-        row_ids = np.arange(start, stop, dtype=np.int64)
+    def process(self, input_path: Path, process_chunk, keep: list[str], options: dict, progress: bool) -> None:
+        """Compute every chunk that is not finished yet, writing its part and then the manifest."""
+        canonical = _canonical_options(options)
+        self._log_start(input_path, "")
+        n_chunks = n_computed = rows_computed = 0
+        extras = [ref.where for ref in self.refs] if self.refs is not None else None
+        with self._progress_bar(input_path, progress) as bar:
+            for k, start, n, raw in self._chunks(input_path, options):
+                n_chunks = k + 1
+                if self.completed.get(k) == n:
+                    continue
+                if k in self.completed:  # the manifest says otherwise: recompute
+                    del self.completed[k]
+                where = self._where(k, start, n, extras[k] if extras else "")
+                table = to_canonical(raw, **canonical)
+                part, names = _make_part(k, start, raw, table, keep, process_chunk, where, self.work)
+                self._check_part_columns(part, names, k, start, where)
+                self._save_part(k, part)
+                n_computed += 1
+                rows_computed += n
+                logger.debug("chunk %d (rows %d to %d) done", k, start, start + n)
+                bar.update(n)
+        self._finish_processing(n_chunks, n_computed, rows_computed)
+
+    def _chunks(self, input_path: Path, options: dict):
+        """``(k, start, n_rows, raw table)`` of every chunk in order; the table is ``None`` for a finished chunk
+        whose size is known without reading it (HATS)."""
+        if self.refs is not None:
+            start = 0
+            for k, ref in enumerate(self.refs):
+                n = ref.stop - ref.start
+                yield k, start, n, (None if self.completed.get(k) == n else _read_block(ref))
+                start += n
+            return
+        chunks = iter_raw_chunks(input_path, self.chunk_rows, options.get("columns"), format=options.get("format"))
+        for k, (start, raw) in enumerate(chunks):
+            yield k, start, len(raw), raw
+
+    def process_dask(
+        self, input_path: Path, process_chunk, keep: list[str], options: dict, progress: bool, dask: DaskSettings
+    ) -> None:
+        """As :meth:`process`, with the chunks computed on Dask workers (at most ``max_in_flight`` at a time) and
+        their parts written here as they finish, in any order."""
+        from distributed import as_completed
+
+        from .distributed import dask_client
+
+        canonical = _canonical_options(options)
+        refs = self.refs
+        if refs is None and not dask.ship_data:
+            refs = _block_refs(input_path, self.chunk_rows, options.get("columns"), options.get("format"))
+        self._log_start(input_path, f" on {dask.describe()}" + ("" if refs is not None else " (chunks sent)"))
+        if refs is not None and not dask.ship_data:
+            # the workers read their chunks: a task carries the chunk's reference only
+            self.n_chunks = len(refs)
+            starts = np.cumsum([0] + [ref.stop - ref.start for ref in refs])
+            pending = (
+                (k, int(starts[k]), ref.stop - ref.start, ref, ref.where)
+                for k, ref in enumerate(refs)
+                if self.completed.get(k) != ref.stop - ref.start
+            )
+        else:
+            # text formats, or an input only this process can see: read here, in order, and send the tables
+            extras = [ref.where for ref in refs] if refs is not None else None
+            chunks = iter_raw_chunks(
+                input_path, self.chunk_rows, options.get("columns"), format=options.get("format")
+            )
+            pending = (
+                (k, start, len(raw), raw, extras[k] if extras else "")
+                for k, (start, raw) in enumerate(self._counting(chunks))
+                if self.completed.get(k) != len(raw)
+            )
+        first = next(pending, None)
+        n_computed = rows_computed = 0
+        if first is not None:
+            with self._progress_bar(input_path, progress) as bar, dask_client(dask) as (client, n_threads):
+                self.n_workers = n_threads
+                limit = dask.max_in_flight or 2 * n_threads
+                token = uuid.uuid4().hex[:8]
+                function = client.scatter(process_chunk, broadcast=True, hash=False)
+                in_flight: dict[Any, tuple[int, int, int, str]] = {}
+                done = as_completed(loop=client.loop)
+                queue = iter([first])
+
+                def submit() -> bool:
+                    item = next(queue, None) or next(pending, None)
+                    if item is None:
+                        return False
+                    k, start, n, source, extra = item
+                    self.completed.pop(k, None)  # listed with another row count: recompute
+                    where = self._where(k, start, n, extra)
+                    future = client.submit(
+                        _chunk_task,
+                        function,
+                        k,
+                        start,
+                        source,
+                        keep,
+                        canonical,
+                        where,
+                        str(self.work),
+                        key=f"jaxstars-chunk-{k:06d}-{token}",
+                        pure=False,
+                    )
+                    in_flight[future] = (k, start, n, where)
+                    done.add(future)
+                    return True
+
+                try:
+                    while len(in_flight) < limit and submit():
+                        pass
+                    for future in done:
+                        k, start, n, where = in_flight.pop(future)
+                        part, names = self._task_result(future, k, start, n, where)
+                        self._check_part_columns(part, names, k, start, where)
+                        self._save_part(k, part)
+                        n_computed += 1
+                        rows_computed += n
+                        logger.debug("chunk %d (rows %d to %d) done", k, start, start + n)
+                        bar.update(n)
+                        del future, part
+                        while len(in_flight) < limit and submit():
+                            pass
+                finally:
+                    if in_flight:  # stopped by an error: drop the rest (the scattered function is released
+                        client.cancel(list(in_flight))  # with its last reference, or with a closing client)
+        if refs is None or dask.ship_data:
+            n_chunks = self._n_read
+        else:
+            n_chunks = len(refs)
+        self._finish_processing(n_chunks, n_computed, rows_computed)
+
+    def _counting(self, chunks):
+        """Pass ``chunks`` through, counting them in ``self._n_read``."""
+        self._n_read = 0
+        for item in chunks:
+            self._n_read += 1
+            yield item
+
+    def _task_result(self, future, k: int, start: int, n: int, where: str) -> tuple[Table, list[str]]:
+        """The part computed by a Dask task; any failure becomes a :class:`ChunkProcessingError` for chunk ``k``."""
         try:
-            results = process_chunk(table, row_ids.copy())
+            return future.result()
+        except ChunkProcessingError:
+            raise
         except Exception as err:
             raise ChunkProcessingError(
-                f"process_chunk failed on {where}: {type(err).__name__}: {err} "
+                f"{where} failed on a Dask worker: {type(err).__name__}: {err} "
                 f"[finished chunks are kept in {self.work}; rerun to resume]",
                 chunk=k,
                 start=start,
-                stop=stop,
-            ) from err
-        try:
-            columns = _result_columns(results, n)
-        except (TypeError, ValueError) as err:
-            raise ChunkProcessingError(
-                f"process_chunk returned unusable results for {where}: {err}", chunk=k, start=start, stop=stop
+                stop=start + n,
             ) from err
 
-        part = Table()
-        part[ROW_ID] = row_ids
-        part[ROW_ID].description = "0-based row index in the input catalog"
-        for name in keep:
-            source = table if name in table.colnames else raw
-            found = _find(source.colnames, name)
-            if found is not None:
-                part.add_column(source[found].copy(), name=name)
-        names = [c.name for c in columns]
-        clash = [c for c in names if c in part.colnames]
-        if clash:
-            raise ChunkProcessingError(
-                f"process_chunk returned column(s) {', '.join(clash)} for {where}, which clash with "
-                f"{ROW_ID!r} or keep_columns",
-                chunk=k,
-                start=start,
-                stop=stop,
-            )
-        for col in columns:
-            part.add_column(col)
+    def _check_part_columns(self, part: Table, names: list[str], k: int, start: int, where: str) -> None:
+        """Every part must have the columns of the first one (the manifest records them)."""
         if self.columns is None:
-            self.columns, self.result_columns = list(part.colnames), names
+            self.columns, self.result_columns = list(part.colnames), list(names)
         elif list(part.colnames) != self.columns:
             raise ChunkProcessingError(
-                f"{where} gave columns {part.colnames}, earlier chunks {self.columns}: every chunk must return "
-                f"the same columns",
+                f"{where} gave columns {part.colnames}, earlier chunks {self.columns}: every chunk must "
+                f"return the same columns",
                 chunk=k,
                 start=start,
-                stop=stop,
+                stop=start + len(part),
             )
-        return part
 
     # -- merging
 
@@ -592,7 +829,8 @@ class _Run:
             for k in range(self.n_chunks):
                 n = self.completed[k]
                 for _, block in iter_raw_chunks(self.part_path(k), max(n, 1)):
-                    expected = np.arange(k * self.chunk_rows, k * self.chunk_rows + n, dtype=np.int64)
+                    first = self.plan.start(k)
+                    expected = np.arange(first, first + n, dtype=np.int64)
                     if len(block) != n or not np.array_equal(np.asarray(block[ROW_ID]), expected):
                         raise RuntimeError(
                             f"part {self.part_path(k)} does not hold rows {expected[:1]}… of chunk {k}; "
@@ -679,6 +917,69 @@ class _Run:
         )
 
 
+# ------------------------------------------------------------------------------------------------ one chunk
+
+
+def _canonical_options(options: Mapping[str, Any]) -> dict:
+    return {k: options[k] for k in ("extra_columns", "gaia_release", "gaia_zp_floor") if k in options}
+
+
+def _make_part(
+    k: int, start: int, raw: Table, table: Table, keep, process_chunk, where: str, work
+) -> tuple[Table, list[str]]:
+    """Call ``process_chunk`` on one chunk and assemble its part (``row_id``, kept columns, results).
+
+    Returns the part and the names of its result columns. Runs in this process or on a Dask worker."""
+    n = len(table)
+    row_ids = np.arange(start, start + n, dtype=np.int64)
+    try:
+        results = process_chunk(table, row_ids.copy())
+    except Exception as err:
+        raise ChunkProcessingError(
+            f"process_chunk failed on {where}: {type(err).__name__}: {err} "
+            f"[finished chunks are kept in {work}; rerun to resume]",
+            chunk=k,
+            start=start,
+            stop=start + n,
+        ) from err
+    try:
+        columns = _result_columns(results, n)
+    except (TypeError, ValueError) as err:
+        raise ChunkProcessingError(
+            f"process_chunk returned unusable results for {where}: {err}", chunk=k, start=start, stop=start + n
+        ) from err
+
+    part = Table()
+    part[ROW_ID] = row_ids
+    part[ROW_ID].description = "0-based row index in the input catalog"
+    for name in keep:
+        source = table if name in table.colnames else raw
+        found = _find(source.colnames, name)
+        if found is not None:
+            part.add_column(source[found].copy(), name=name)
+    names = [c.name for c in columns]
+    clash = [c for c in names if c in part.colnames]
+    if clash:
+        raise ChunkProcessingError(
+            f"process_chunk returned column(s) {', '.join(clash)} for {where}, which clash with "
+            f"{ROW_ID!r} or keep_columns",
+            chunk=k,
+            start=start,
+            stop=start + n,
+        )
+    for col in columns:
+        part.add_column(col)
+    return part, names
+
+
+def _chunk_task(process_chunk, k: int, start: int, source, keep, canonical: dict, where: str, work: str):
+    """A Dask task: read chunk ``k`` (``source`` is a :class:`_BlockRef`) or take it as sent (a table), process it
+    and return its part with the names of the result columns (see :func:`_make_part`)."""
+    raw = _read_block(source) if isinstance(source, _BlockRef) else source
+    table = to_canonical(raw, **canonical)
+    return _make_part(k, start, raw, table, keep, process_chunk, where, work)
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -742,11 +1043,11 @@ def _check_same(manifest: dict, settings: dict, work: Path) -> None:
         )
 
 
-def _runs_of_parts(completed: Mapping[int, int], chunk_rows: int) -> list[dict]:
+def _runs_of_parts(completed: Mapping[int, int], plan: _Plan) -> list[dict]:
     """Runs of consecutive finished parts as manifest entries (see the module docstring)."""
     runs: list[dict] = []
     for k in sorted(completed):
-        start = k * chunk_rows
+        start = plan.start(k)
         if runs and runs[-1]["parts"][1] == k - 1 and runs[-1]["rows"][1] == start:
             run = runs[-1]
             run["parts"][1] = k
@@ -757,7 +1058,7 @@ def _runs_of_parts(completed: Mapping[int, int], chunk_rows: int) -> list[dict]:
     return runs
 
 
-def _parts_of_runs(runs: Iterable[Mapping], chunk_rows: int) -> Iterable[tuple[int, int]]:
+def _parts_of_runs(runs: Iterable[Mapping], plan: _Plan) -> Iterable[tuple[int, int]]:
     """``(part index, rows)`` of every part in manifest runs; inconsistent entries are skipped with a warning."""
     for run in runs:
         try:
@@ -769,14 +1070,15 @@ def _parts_of_runs(runs: Iterable[Mapping], chunk_rows: int) -> Iterable[tuple[i
         empty_file = first == last == 0 and start == stop == 0
         regular = (
             0 <= first <= last
-            and start == first * chunk_rows
-            and last * chunk_rows < stop <= (last + 1) * chunk_rows
+            and plan.has(last)
+            and start == plan.start(first)
+            and plan.start(last) < stop <= plan.start(last) + plan.limit(last)
         )
         if not (empty_file or regular):
             logger.warning("ignoring inconsistent manifest entry %r", run)
             continue
         for k in range(first, last + 1):
-            yield k, min(chunk_rows, stop - k * chunk_rows)
+            yield k, min(plan.limit(k), stop - plan.start(k))
 
 
 def _part_rows(path: Path) -> int | None:

@@ -25,6 +25,11 @@ VOTable     text catalogs to Parquet first (e.g. with :class:`ParquetChunkWriter
 Astropy mixin columns (``Time``, ``SkyCoord``, …) stored in Parquet or HDF5 come back as their plain component
 columns in chunked reads.
 
+A **HATS catalog** directory (HEALPix-partitioned Parquet written by ``lsdb``/``hats``; see
+:mod:`jaxstars.catalog.hats`) is read partition by partition in canonical (nested HEALPix) order with pyarrow:
+blocks never span two partitions, so a partition of ``n`` rows gives ``ceil(n / chunk_rows)`` blocks (every one
+``chunk_rows`` rows but the partition's last) and ``start_row`` counts rows over the partitions in that order.
+
 Writers take astropy tables block by block: :class:`ParquetChunkWriter` appends row groups to one Parquet file
 (memory bounded by a block), :class:`CSVChunkWriter` appends text rows, :class:`BufferedChunkWriter` collects the
 blocks and writes any other format at the end (memory: the whole output). :func:`chunk_writer` picks one from
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -81,14 +87,16 @@ def iter_chunks(
     Parameters
     ----------
     path : str or path-like
-        FITS, Parquet, CSV/ECSV, HDF5 or VOTable catalog (format from the suffix, or ``format``).
+        FITS, Parquet, CSV/ECSV, HDF5 or VOTable catalog (format from the suffix, or ``format``), or a HATS
+        catalog directory (:mod:`jaxstars.catalog.hats`).
     chunk_rows : int
-        Rows per block (every block but the last has exactly this many).
+        Rows per block (every block but the last has exactly this many; for HATS, every block but the last of
+        each partition).
     columns : sequence of str, optional
         Input columns to read (names as in the file, matched without regard to case); default all. For Parquet
         only these are decoded. Must include every input column the canonical mapping should see.
     format : str, optional
-        One of :data:`jaxstars.astro.catalog_io.FORMATS`.
+        One of :data:`jaxstars.astro.catalog_io.FORMATS`, or ``"hats"``.
     extra_columns, gaia_release, gaia_zp_floor
         As in :func:`jaxstars.astro.catalog_io.to_canonical` (``extra_columns`` carries non-canonical input
         columns, e.g. labels or truth, into every block).
@@ -118,6 +126,14 @@ def iter_raw_chunks(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table file {path} not found")
+    if _is_hats(path, format):
+        from .hats import open_hats_catalog
+
+        start = 0
+        for ref in _hats_refs(open_hats_catalog(path), chunk_rows, columns):
+            yield start, _read_block(ref)
+            start += ref.stop - ref.start
+        return
     fmt = _format_of(path, format)
     if fmt == "parquet":
         blocks = _parquet_blocks(path, chunk_rows, columns)
@@ -141,10 +157,14 @@ def peek(path: str | os.PathLike, n_rows: int = 1, *, format: str | None = None)
 
 
 def count_rows(path: str | os.PathLike, *, format: str | None = None) -> int | None:
-    """Number of rows of a table file without reading its data (Parquet, HDF5, FITS); ``None`` for text formats."""
+    """Number of rows of a table file without reading its data (Parquet, HDF5, FITS, HATS); ``None`` for text."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table file {path} not found")
+    if _is_hats(path, format):
+        from .hats import open_hats_catalog
+
+        return open_hats_catalog(path).n_rows
     fmt = _format_of(path, format)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -164,6 +184,149 @@ def count_rows(path: str | os.PathLike, *, format: str | None = None) -> int | N
                     return int(hdu.header.get("NAXIS2", 0))
         return None
     return None
+
+
+def _is_hats(path: Path, format: str | None) -> bool:
+    if format == "hats":
+        return True
+    if format is None and path.is_dir():
+        from .hats import is_hats_catalog
+
+        return is_hats_catalog(path)
+    return False
+
+
+# -- random access: one block by its row range (what Dask workers read)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockRef:
+    """Where one block lives: rows ``start`` to ``stop`` of the concatenation of ``files`` (one table file, or the
+    files of one HATS partition). Small and picklable: it is what a Dask task receives instead of the data."""
+
+    format: str  # "parquet", "hdf5" or "fits"
+    files: tuple[str, ...]
+    file_rows: tuple[int, ...]
+    file_sizes: tuple[int, ...]
+    start: int
+    stop: int
+    columns: tuple[str, ...] | None = None
+    where: str = ""  # e.g. "HEALPix partition Norder=3, Npix=120"
+
+
+def _block_refs(
+    path: Path, chunk_rows: int, columns: Sequence[str] | None, format: str | None, *, hats=None
+) -> list[_BlockRef] | None:
+    """The blocks :func:`iter_raw_chunks` yields, as references (Parquet, HDF5, FITS, HATS); ``None`` for text
+    formats, which cannot be read by row range."""
+    cols = None if columns is None else tuple(columns)
+    if hats is not None or _is_hats(path, format):
+        if hats is None:
+            from .hats import open_hats_catalog
+
+            hats = open_hats_catalog(path)
+        return _hats_refs(hats, chunk_rows, cols)
+    fmt = _format_of(path, format)
+    if fmt not in ("parquet", "hdf5", "fits"):
+        return None
+    n = count_rows(path, format=fmt)
+    if n is None:
+        return None
+    file = (str(path.resolve()),)
+    size = (int(path.stat().st_size),)
+    return [
+        _BlockRef(fmt, file, (n,), size, start, min(start + chunk_rows, n), cols)
+        for start in range(0, max(n, 1), chunk_rows)
+    ]
+
+
+def _hats_refs(catalog, chunk_rows: int, columns: Sequence[str] | None) -> list[_BlockRef]:
+    """Blocks of a HATS catalog: each partition cut into ``chunk_rows`` pieces; empty partitions give none (an
+    empty catalog gives one empty block, so the columns are still seen)."""
+    cols = None if columns is None else tuple(columns)
+    refs = []
+    for part in catalog.partitions:
+        n = part.n_rows
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            refs.append(
+                _BlockRef(
+                    "parquet", part.files, part.file_rows, part.file_sizes, start, stop, cols, part.describe()
+                )
+            )
+    if not refs:
+        part = catalog.partitions[0]
+        refs.append(_BlockRef("parquet", part.files, part.file_rows, part.file_sizes, 0, 0, cols, part.describe()))
+    return refs
+
+
+def _read_block(ref: _BlockRef) -> Table:
+    """Read one block as stored: the same table :func:`iter_raw_chunks` yields for those rows.
+
+    Every file is first checked to exist with the recorded size, so a worker that sees another copy of the input
+    (or none) fails clearly instead of computing on other data."""
+    for file, size in zip(ref.files, ref.file_sizes):
+        try:
+            actual = os.stat(file).st_size
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"input file {file} is not visible here; every Dask worker must see the input at the same path "
+                f"(shared storage), or pass DaskSettings(ship_data=True) to send the chunks from the client"
+            ) from None
+        if actual != size:
+            raise OSError(f"input file {file} has {actual} bytes here, {size} on the client: not the same file")
+    columns = None if ref.columns is None else list(ref.columns)
+    if ref.format == "parquet":
+        return _parquet_rows(ref.files, ref.file_rows, ref.start, ref.stop, columns)
+    if ref.format == "hdf5":
+        import h5py
+
+        path = Path(ref.files[0])
+        with h5py.File(path, "r") as f:
+            dataset, names, header = _hdf5_open(f, path, columns)
+            return _hdf5_slice(dataset, names, header, ref.start, ref.stop)
+    if ref.format == "fits":
+        table = read_table(Path(ref.files[0]), "fits", memmap=True)
+        for _, block in _sliced_blocks(table[ref.start : ref.stop], max(ref.stop - ref.start, 1), columns):
+            return block
+    raise ValueError(f"cannot read {ref.format} blocks by row range")  # pragma: no cover - _block_refs gives none
+
+
+def _parquet_rows(
+    files: Sequence[str], file_rows: Sequence[int], start: int, stop: int, columns: Sequence[str] | None
+) -> Table:
+    """Rows ``start`` to ``stop`` of the concatenated Parquet ``files``, decoding only the row groups they touch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pieces = []
+    header = None
+    names = None
+    offset = 0
+    for i, (file, n) in enumerate(zip(files, file_rows)):
+        lo, hi = max(start, offset), min(stop, offset + n)
+        if i == 0 or lo < hi:
+            pf = pq.ParquetFile(file)
+            if i == 0:
+                metadata = pf.schema_arrow.metadata or {}
+                if _ASTROPY_META_KEY.encode() in metadata:
+                    header = _header_from_yaml(metadata[_ASTROPY_META_KEY.encode()].decode("utf-8").split("\n"))
+                names = _select(pf.schema_arrow.names, columns)
+                empty = pa.schema([pf.schema_arrow.field(name) for name in names]).empty_table()
+            if lo < hi:
+                groups, first = [], None
+                row = 0
+                for g in range(pf.metadata.num_row_groups):
+                    g_rows = pf.metadata.row_group(g).num_rows
+                    if row + g_rows > lo - offset and row < hi - offset:
+                        groups.append(g)
+                        first = row if first is None else first
+                    row += g_rows
+                table = pf.read_row_groups(groups, columns=names)
+                pieces.append(table.slice(lo - offset - first, hi - lo))
+        offset += n
+    merged = pa.concat_tables(pieces, promote_options="default") if pieces else empty
+    return _arrow_to_table(merged, header)
 
 
 def _check_chunk_rows(chunk_rows: int) -> int:
@@ -327,27 +490,35 @@ def _hdf5_dataset(f, path: Path):
     return f[found[0]]
 
 
+def _hdf5_open(f, path: Path, columns: Sequence[str] | None):
+    """The table dataset, the selected field names and the astropy column header of an open HDF5 file."""
+    dataset = _hdf5_dataset(f, path)
+    meta_name = dataset.name.lstrip("/") + ".__table_column_meta__"
+    header = None
+    if meta_name in f:
+        header = _header_from_yaml([line.decode("utf-8") for line in f[meta_name][()]])
+    return dataset, _select(list(dataset.dtype.names), columns), header
+
+
+def _hdf5_slice(dataset, names: list[str], header: dict | None, start: int, stop: int) -> Table:
+    data = dataset.fields(names)[start:stop] if names != list(dataset.dtype.names) else dataset[start:stop]
+    if len(names) == 1 and data.dtype.names is None:  # h5py returns a plain array for one field
+        table = Table({names[0]: data})
+    else:
+        table = Table(np.asarray(data), copy=False)
+    table = _apply_header(table, header)
+    table.convert_bytestring_to_unicode()
+    return table
+
+
 def _hdf5_blocks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> Iterator[tuple[int, Table]]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        dataset = _hdf5_dataset(f, path)
-        meta_name = dataset.name.lstrip("/") + ".__table_column_meta__"
-        header = None
-        if meta_name in f:
-            header = _header_from_yaml([line.decode("utf-8") for line in f[meta_name][()]])
-        names = _select(list(dataset.dtype.names), columns)
+        dataset, names, header = _hdf5_open(f, path, columns)
         n = dataset.shape[0]
         for start in range(0, max(n, 1), chunk_rows):
-            stop = min(start + chunk_rows, n)
-            data = dataset.fields(names)[start:stop] if names != list(dataset.dtype.names) else dataset[start:stop]
-            if len(names) == 1 and data.dtype.names is None:  # h5py returns a plain array for one field
-                table = Table({names[0]: data})
-            else:
-                table = Table(np.asarray(data), copy=False)
-            table = _apply_header(table, header)
-            table.convert_bytestring_to_unicode()
-            yield start, table
+            yield start, _hdf5_slice(dataset, names, header, start, min(start + chunk_rows, n))
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -62,6 +62,30 @@ def save_flow(path: str | os.PathLike, flow: Flow, params, *, members: int | Non
         np.savez(fh, **arrays)
 
 
+def flow_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata`` stored by :func:`save_flow` in a flow file, without loading its arrays.
+
+    Raises
+    ------
+    FileNotFoundError : no file at ``path``.
+    FlowFileError : the file is not a readable jaxstars flow file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no flow file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if _HEADER not in npz.files:
+                raise FlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
+            header = json.loads(bytes(npz[_HEADER]).decode("utf-8"))
+    except FlowFileError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
+    metadata = header.get("metadata") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def load_flow(path: str | os.PathLike):
     """Read a flow file written by :func:`save_flow`; returns ``(flow, params, metadata)``.
 

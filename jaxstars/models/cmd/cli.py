@@ -55,11 +55,17 @@ import numpy as np
 
 __all__ = ["CMDCommandError", "add_cmd_arguments", "parse_prior"]
 
+# moved to the processor module (shared with `jaxstars infer`); re-exported here
+from .processor import (
+    CMDCommandError,
+    DustSource,
+    _build_dust_map,
+    _find_column,
+    _float_column,
+    parse_prior,
+)
+
 _GAIA_BANDS = ("G", "BP", "RP")
-
-
-class CMDCommandError(Exception):
-    """An input problem reported by ``jaxstars cmd`` as a one-line message (exit code 2)."""
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -206,35 +212,11 @@ def _guarded(name: str, command, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def parse_prior(text: str):
-    """The distance prior named by ``--prior``: ``"flat"`` or ``"edsd:L"`` (L in pc; ``"edsd"`` alone: 1000 pc)."""
-    from jaxstars.astro.priors import EDSDPrior, FlatDistancePrior
-
-    spec = text.strip().lower()
-    if spec == "flat":
-        return FlatDistancePrior()
-    if spec == "edsd" or spec.startswith("edsd:"):
-        value = spec.partition(":")[2] or "1000"
-        try:
-            length = float(value)
-        except ValueError:
-            length = float("nan")
-        if not (math.isfinite(length) and length > 0):
-            raise CMDCommandError(f"--prior {text!r}: the EDSD length scale must be a positive number of pc")
-        return EDSDPrior(length)
-    raise CMDCommandError(f"unknown --prior {text!r}: use 'flat' or 'edsd:L' (L in pc, e.g. edsd:1000)")
-
-
 def _require_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} not found")
     return path
-
-
-def _find_column(colnames, name: str) -> str | None:
-    lower = {c.lower(): c for c in colnames}
-    return lower.get(name.lower())
 
 
 def _probe_photometry(raw, catalog: Path, bands=_GAIA_BANDS, need_positions: bool = False) -> None:
@@ -286,56 +268,16 @@ def _probe_photometry(raw, catalog: Path, bands=_GAIA_BANDS, need_positions: boo
         )
 
 
-def _build_dust_map(name: str):
-    from jaxstars.astro.dust import get_map
-
-    try:
-        return get_map(name)
-    except KeyError as err:
-        raise CMDCommandError(err.args[0] if err.args else f"unknown dust map {name!r}") from None
-    except TypeError as err:
-        raise CMDCommandError(f"cannot build dust map {name!r} without options: {err}") from None
-
-
-@dataclasses.dataclass
-class _Dust:
-    """Where reddening comes from: a map (or none) or per-star columns."""
-
-    map_name: str | None = "cranmer_gaussian"
-    reddening_column: str | None = None
-    reddening_error_column: str | None = None
-    dust_map: Any = None
-
-    def describe(self) -> str:
-        if self.reddening_column:
-            err = f" ± {self.reddening_error_column}" if self.reddening_error_column else ""
-            return f"reddening column {self.reddening_column}{err}"
-        return f"dust map {self.map_name}" if self.map_name else "no dust"
-
-    def extra_columns(self) -> list[str]:
-        return [c for c in (self.reddening_column, self.reddening_error_column) if c]
-
-    def stars(self, features, table):
-        """:func:`prepare_stars` for one canonical block."""
-        from jaxstars.models.cmd import prepare_stars
-
-        if self.reddening_column:
-            red = _float_column(table, self.reddening_column)
-            red_err = _float_column(table, self.reddening_error_column) if self.reddening_error_column else None
-            return prepare_stars(features, table, reddening=red, reddening_error=red_err)
-        return prepare_stars(features, table, dust_map=self.dust_map)
-
-
-def _resolve_dust(args: argparse.Namespace, model_info: dict | None = None) -> _Dust:
+def _resolve_dust(args: argparse.Namespace, model_info: dict | None = None) -> DustSource:
     """The dust source from the options, defaulting to what the model was trained with (then cranmer_gaussian)."""
     if args.reddening_error_column and not args.reddening_column:
         raise CMDCommandError("--reddening-error-column needs --reddening-column")
     if args.reddening_column and args.dust_map is not None:
         raise CMDCommandError("give either --dust-map or --reddening-column, not both")
     if args.reddening_column:
-        return _Dust(None, args.reddening_column, args.reddening_error_column)
+        return DustSource(None, args.reddening_column, args.reddening_error_column)
     if args.dust_map is None and model_info and model_info.get("reddening_column"):
-        return _Dust(None, model_info["reddening_column"], model_info.get("reddening_error_column"))
+        return DustSource(None, model_info["reddening_column"], model_info.get("reddening_error_column"))
     if args.dust_map is not None:
         name = args.dust_map
     elif model_info and "dust_map" in model_info:
@@ -343,11 +285,11 @@ def _resolve_dust(args: argparse.Namespace, model_info: dict | None = None) -> _
     else:
         name = "cranmer_gaussian"
     if name is None or str(name).lower() == "none":
-        return _Dust(None)
-    return _Dust(str(name), dust_map=_build_dust_map(str(name)))
+        return DustSource(None)
+    return DustSource(str(name), dust_map=_build_dust_map(str(name)))
 
 
-def _check_extra_columns(raw, dust: _Dust, catalog: Path) -> None:
+def _check_extra_columns(raw, dust: DustSource, catalog: Path) -> None:
     missing = [c for c in dust.extra_columns() if _find_column(raw.colnames, c) is None]
     if missing:
         raise CMDCommandError(
@@ -355,28 +297,11 @@ def _check_extra_columns(raw, dust: _Dust, catalog: Path) -> None:
         )
 
 
-def _float_column(table, name: str) -> np.ndarray:
-    col = table[_find_column(table.colnames, name)]
-    values = np.array(np.ma.getdata(col), dtype=np.float64)
-    values[np.ma.getmaskarray(col)] = np.nan
-    return values
-
-
 def _flag_counts(flags: np.ndarray) -> dict[str, int]:
     from jaxstars.models.cmd import FLAGS
 
     flags = np.asarray(flags, dtype=np.int64)
     return {name: int(np.count_nonzero(flags & bit)) for name, bit in FLAGS.items()}
-
-
-def _flag_strings(flags: np.ndarray) -> np.ndarray:
-    """``|``-joined flag names per row (empty string for no flag)."""
-    from jaxstars.models.cmd import flag_names
-
-    flags = np.asarray(flags, dtype=np.int64)
-    unique, inverse = np.unique(flags, return_inverse=True)
-    names = np.array(["|".join(flag_names(int(v))) for v in unique] or [""], dtype=str)
-    return names[inverse.reshape(-1)] if flags.size else np.zeros(0, dtype="U1")
 
 
 def _jsonable(value: Any) -> Any:
@@ -415,7 +340,7 @@ def _progress_bar(total: int | None, quiet: bool, desc: str):
 
 
 def _posterior_blocks(
-    args: argparse.Namespace, model, params, dust: _Dust, n_samples: int, desc: str, extra_columns=()
+    args: argparse.Namespace, model, params, dust: DustSource, n_samples: int, desc: str, extra_columns=()
 ):
     """Yield ``(block, results)`` per catalog block: canonical rows and their :func:`distance_posteriors` dict."""
     from jaxstars.catalog import count_rows, iter_chunks
@@ -442,7 +367,7 @@ def _posterior_blocks(
             yield block, res
 
 
-def _open_catalog(args: argparse.Namespace, dust: _Dust):
+def _open_catalog(args: argparse.Namespace, dust: DustSource):
     """Check the catalog before any work: it exists and has G/BP/RP photometry and the columns asked for."""
     from jaxstars.catalog import peek
 
@@ -589,41 +514,6 @@ def _plot_loss(train_loss: np.ndarray, val_loss: np.ndarray, best_epoch: int, pa
 # ------------------------------------------------------------------------------------------------ distances
 
 
-def _result_table(block, res: dict, n_samples: int):
-    """The output columns of one block (``source_id`` is added by :func:`~jaxstars.catalog.run_catalog`)."""
-    import astropy.units as u
-    from astropy.table import Table
-
-    out = Table()
-    n = len(block)
-    columns = [
-        ("distance_mean", u.pc, "posterior mean distance"),
-        ("distance_std", u.pc, "posterior standard deviation of the distance"),
-        ("distance_q2_5", u.pc, "2.5 % quantile of the distance posterior"),
-        ("distance_q16", u.pc, "16 % quantile of the distance posterior"),
-        ("distance_q50", u.pc, "median distance"),
-        ("distance_q84", u.pc, "84 % quantile of the distance posterior"),
-        ("distance_q97_5", u.pc, "97.5 % quantile of the distance posterior"),
-        ("log_evidence", None, "log marginal likelihood of the star's data under the model"),
-        ("reddening_mean", u.mag, "posterior mean reddening along the sight line (model units, e.g. E(g-r))"),
-    ]
-    for name, unit, description in columns:
-        values = np.asarray(res[name], dtype=np.float64) if name in res else np.full(n, np.nan)
-        out[name] = values
-        out[name].unit = unit
-        out[name].description = description
-    out["flags"] = np.asarray(res["flags"], dtype=np.int64)
-    out["flags"].description = "bit field of jaxstars.models.cmd.FLAGS"
-    out["flag_names"] = _flag_strings(out["flags"])
-    out["flag_names"].description = "names of the flags set, |-separated"
-    if n_samples > 0:
-        samples = res.get("distance_samples", np.full((n, n_samples), np.nan))
-        out["distance_samples"] = np.asarray(samples, dtype=np.float32).reshape(n, n_samples)
-        out["distance_samples"].unit = u.pc
-        out["distance_samples"].description = "draws from the distance posterior"
-    return out
-
-
 def _model_file(path: str) -> Path:
     """The ``model.npz`` behind ``--model`` (a folder or the file itself)."""
     from jaxstars.models.cmd.model import MODEL_FILE
@@ -632,90 +522,81 @@ def _model_file(path: str) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _distances(args: argparse.Namespace) -> int:
-    from jaxstars.catalog import run_catalog
-    from jaxstars.models.cmd import FLAGS, PosteriorConfig, distance_posteriors, flag_names
+    from jaxstars.infer import run_inference
+
+    job = _inference_job(Path(args.model), args, Path(args.catalog))
+    job.config = {"command": "jaxstars cmd distances", **job.config}
+    return run_inference(job, Path(args.catalog), Path(args.out), args, command="jaxstars cmd distances")
+
+
+def _inference_job(model_path: Path, args: argparse.Namespace, catalog: Path):
+    """The :class:`~jaxstars.infer.InferenceJob` of ``cmd distances`` / ``jaxstars infer`` for a CMD model."""
+    from jaxstars.infer import InferenceJob, nuts_settings
+    from jaxstars.models.cmd import FLAGS, flag_names
+
+    from .processor import CMDDistances
 
     if args.samples < 0:
         raise CMDCommandError("--samples must be >= 0")
     if args.chunk_rows < 1:
         raise CMDCommandError("--chunk-rows must be at least 1")
-    model, params = _load_model(args.model)
-    model_file = _model_file(args.model)
+    model, _ = _load_model(str(model_path))
+    model_file = _model_file(str(model_path))
     dust = _resolve_dust(args, model.info)
-    prior = parse_prior(args.prior)
+    args.catalog = str(catalog)
     catalog, _ = _open_catalog(args, dust)
-    out_path = Path(args.out)
-    if out_path.resolve() == catalog.resolve():
+    if Path(args.out).resolve() == catalog.resolve():
         raise CMDCommandError("--out must differ from --catalog")
-    posterior_config = PosteriorConfig(dust=args.dust, n_samples=args.samples)
-
-    def process_chunk(block, row_ids):
-        stars = dust.stars(model.features, block)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = distance_posteriors(
-                model, params, stars, key=args.seed, prior=prior, config=posterior_config, row_ids=row_ids
-            )
-        return _result_table(block, res, args.samples)
-
-    # everything the results depend on: a resumed run must have been started with the same settings
-    config = {
-        "command": "jaxstars cmd distances",
-        "model": str(model_file.resolve()),
-        "model_sha256": _file_sha256(model_file),
-        "prior": args.prior,
-        "dust_mode": args.dust,
-        "dust": dust.describe(),
-        "seed": args.seed,
-        "samples": args.samples,
-    }
-    extra = dust.extra_columns()
-    summary = run_catalog(
-        catalog,
-        out_path,
-        process_chunk,
-        chunk_rows=args.chunk_rows,
-        config=config,
-        keep_columns=("source_id",),
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-        label="stars",
-        flag_names=flag_names,
-        keep_parts=args.keep_parts,
-        write_row_id=False,
-        read_options={"extra_columns": extra} if extra else None,
+    method = getattr(args, "method", "grid")
+    processor = CMDDistances(
+        model_file,
+        dust,
+        prior=args.prior,
+        dust_mode=args.dust,
+        seed=args.seed,
+        samples=args.samples,
+        method=method,
+        nuts=nuts_settings(args) if method == "nuts" else None,
     )
-    n_rows = summary.n_rows
-    n_result = summary.finite_counts.get("distance_mean", 0)
-    if summary.already_complete:
-        print(f"jaxstars cmd distances: {out_path} already holds these {n_rows} stars (same catalog and settings)")
-    else:
-        resumed = (
-            f" ({summary.n_rows_processed} computed now, {summary.n_resumed_chunks} of {summary.n_chunks} blocks "
-            f"resumed from {out_path}.parts/)"
-            if summary.n_resumed_chunks
-            else ""
+    extra = dust.extra_columns()
+    return InferenceJob(
+        processor=processor,
+        config=processor.config(),
+        flag_names=flag_names,
+        flag_bits=FLAGS,
+        result_column="distance_mean",
+        keep_columns=("source_id",),
+        read_options={"extra_columns": extra} if extra else None,
+        describe=f"{method} posterior, prior {args.prior}, {dust.describe()}, dust mode {args.dust}",
+    )
+
+
+def inference_hooks():
+    """``jaxstars infer`` hooks for CMD models: ``(detect, add_arguments, build)`` (see :class:`jaxstars.infer.ModelKind`)."""
+
+    def detect(path: Path) -> bool:
+        """A CMD model file (or a folder holding one); a corrupt one raises FlowFileError (reported as such)."""
+        from jaxstars.flows.io import flow_metadata
+        from jaxstars.models.cmd.model import MODEL_FILE
+
+        file = path / MODEL_FILE if path.is_dir() else path
+        return file.is_file() and file.suffix == ".npz" and "cmd" in flow_metadata(file)
+
+    def add_arguments(group) -> None:
+        group.add_argument(
+            "--prior", default="flat", help="distance prior: 'flat' (default) or 'edsd:L' with L in pc (edsd:1000)"
         )
-        print(
-            f"jaxstars cmd distances: {n_rows} stars{resumed} in {summary.seconds:.1f} s "
-            f"({summary.rows_per_second:.0f} stars/s), prior {args.prior}, {dust.describe()}, dust mode {args.dust}; "
-            f"wrote {out_path}"
+        group.add_argument(
+            "--dust-mode",
+            dest="dust",
+            choices=("iterative", "profile"),
+            default="profile",
+            help="'profile': marginalise the map's reddening at every distance (default); 'iterative': the paper's",
         )
-    print(f"  {n_result} with a posterior, {n_rows - n_result} without (NaN results; see flags)")
-    flagged = ", ".join(f"{name} {summary.flag_counts[name]}" for name in FLAGS if summary.flag_counts.get(name))
-    print(f"  flags: {flagged or 'none'}")
-    return 0
+        _add_dust_arguments(group, default_text="the one the model was trained with")
+
+    return detect, add_arguments, _inference_job
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

@@ -51,8 +51,8 @@ def nuts_distance_posteriors(
     *,
     key=0,
     prior=None,
-    config: PosteriorConfig = PosteriorConfig(),
-    nuts: NUTSConfig = NUTSConfig(),
+    config: PosteriorConfig | None = None,
+    nuts: NUTSConfig | None = None,
     row_ids=None,
 ) -> dict:
     """Distance posteriors for every star by vmapped per-star NUTS on :func:`distance_model`.
@@ -67,9 +67,9 @@ def nuts_distance_posteriors(
         Base key; star ``i`` uses ``fold_in(key, row_ids[i])``.
     prior : distance prior, optional
         As for the grid path (flat in ``d`` by default).
-    config : PosteriorConfig
+    config : PosteriorConfig, optional
         Distance range (``d_min``, ``d_max``), reported quantiles and ``n_samples`` kept per star.
-    nuts : NUTSConfig
+    nuts : NUTSConfig, optional
         Sampler settings; the default is 500 warm-up + 1000 draws, one chain.
     row_ids : array-like of int, optional
         Global row ids (keys), default ``0..n-1``.
@@ -82,6 +82,8 @@ def nuts_distance_posteriors(
         are NaN), ``nuts_flags`` (:data:`~jaxstars.inference.NUTS_FLAGS`), ``n_divergent``, ``accept_prob``,
         ``step_size``, ``num_steps``, ``rhat``, ``ess_bulk``.
     """
+    config = PosteriorConfig() if config is None else config
+    nuts = NUTSConfig() if nuts is None else nuts
     flags = np.asarray(stars.flags, dtype=np.int64).copy()
     valid = (flags & NO_RESULT) == 0
     n = stars.n_stars
