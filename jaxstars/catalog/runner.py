@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -639,6 +640,7 @@ class _Run:
         _fsync(self.part_path(k))  # on disk before the manifest says so (power loss, not only kills)
         self.completed[k] = len(part)
         self.write_manifest()
+        _release_freed_memory()
 
     def _finish_processing(self, n_chunks: int, n_computed: int, rows_computed: int) -> None:
         self.n_chunks = n_chunks
@@ -1089,6 +1091,28 @@ def _part_rows(path: Path) -> int | None:
         return int(pq.ParquetFile(path).metadata.num_rows)
     except (OSError, ValueError):  # missing, truncated, not Parquet (pyarrow errors derive from these)
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap memory freed by the finished chunk back to the system (glibc only; a no-op elsewhere).
+
+    Without it glibc keeps freed chunk-sized arrays in a fragmented heap and the resident size creeps up with the
+    number of chunks processed (issue 4's streaming benchmark: +38 % from 1e4 to 1e6 stars).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _fsync(path: Path) -> None:
