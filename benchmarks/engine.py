@@ -6,7 +6,7 @@
 
     * ``vmapped`` — :func:`~jaxstars.models.cmd.nuts_distance_posteriors` on a batch of stars (the engine's
       :func:`~jaxstars.inference.sample_stars`: one compiled program, ``batch_size`` stars vmapped per
-      ``lax.map`` step); timed on a second batch, after compilation;
+      compiled call); timed on a second batch, after compilation;
     * ``one_at_a_time_compiled`` — the same engine called with one star at a time (compiled once for a single
       star, then reused): the best sequential NUTS can do;
     * ``one_at_a_time_mcmc`` — NumPyro's ``MCMC`` driver star by star (:func:`~jaxstars.inference.sequential_nuts`,
@@ -30,6 +30,7 @@ Run: ``python -m benchmarks.engine [--quick]`` (quick: smaller sizes). Writes ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -56,7 +57,7 @@ def _settings(quick: bool) -> dict:
             "compiled_stars": 4,
             "mcmc_stars": 2,
             "memory_sizes": [10_000, 100_000],
-            "chunk": 20_000,
+            "chunk": 10_000,
             "dask_stars": 20_000,
         }
     return {
@@ -67,7 +68,7 @@ def _settings(quick: bool) -> dict:
         "compiled_stars": 16,
         "mcmc_stars": 4,
         "memory_sizes": [10_000, 100_000, 1_000_000],
-        "chunk": 50_000,
+        "chunk": 10_000,  # <= the smallest size, so every size streams the same chunk shape
         "dask_stars": 100_000,
     }
 
@@ -110,11 +111,16 @@ def nuts_vmapped_vs_sequential(model_dir: str, settings: dict) -> dict:
     print(f"  vmapped: {n} stars in {vmapped_s:.1f} s ({n / vmapped_s:.1f} stars/s; first batch {first:.1f} s)")
 
     k = settings["compiled_stars"]
-    nuts_distance_posteriors(model, params, timed.take(np.arange(1)), key=0, nuts=config)  # compile for 1 star
+    single = dataclasses.replace(config, batch_size=1)  # a batch of one: no padding
+    nuts_distance_posteriors(model, params, timed.take(np.arange(1)), key=0, nuts=single)  # compile for 1 star
     one = []
     t0 = time.perf_counter()
     for i in range(k):
-        one.append(nuts_distance_posteriors(model, params, timed.take(np.array([i])), key=0, nuts=config))
+        one.append(
+            nuts_distance_posteriors(
+                model, params, timed.take(np.array([i])), key=0, nuts=single, row_ids=np.array([i])
+            )
+        )
     compiled_s = (time.perf_counter() - t0) / k
     print(f"  one at a time, compiled once: {compiled_s:.2f} s/star")
 
@@ -161,26 +167,38 @@ def nuts_vmapped_vs_sequential(model_dir: str, settings: dict) -> dict:
 
 
 def stream_worker(job: dict) -> dict:
-    """One streamed run of ``run_catalog`` + the CMD processor in this (fresh) process: time and peak RSS."""
+    """One streamed run of ``run_catalog`` + the CMD processor in this (fresh) process: time, peak RSS and the
+    resident size after every chunk (a leak shows as a trend, allocator noise as scatter)."""
     from jaxstars.catalog import run_catalog
     from jaxstars.models.cmd.processor import CMDDistances, DustSource
 
-    processor = CMDDistances(
-        job["model_file"], DustSource("cranmer_gaussian"), samples=64, posterior=STREAM_POSTERIOR
-    )
+    after_chunk: list[float] = []
+
+    class Traced(CMDDistances):
+        def __call__(self, table, row_ids):
+            out = super().__call__(table, row_ids)
+            after_chunk.append(_status_mb("VmRSS"))
+            return out
+
+    processor = Traced(job["model_file"], DustSource("cranmer_gaussian"), samples=64, posterior=STREAM_POSTERIOR)
     rss_start = _status_mb("VmRSS")
     t0 = time.perf_counter()
     summary = run_catalog(
         job["input"], job["output"], processor, chunk_rows=job["chunk"], progress=False, overwrite=True
     )
     seconds = time.perf_counter() - t0
+    q = max(1, len(after_chunk) // 4)
     return {
         "n_stars": summary.n_rows,
+        "chunks": len(after_chunk),
         "seconds": seconds,
         "stars_per_s": summary.n_rows / seconds,
         "peak_rss_mb": _status_mb("VmHWM"),
         "rss_end_mb": _status_mb("VmRSS"),
         "rss_start_mb": rss_start,
+        "rss_after_chunk_mb": [round(v, 1) for v in after_chunk[:: max(1, len(after_chunk) // 20)]],
+        "rss_first_quarter_median_mb": float(np.median(after_chunk[:q])),
+        "rss_last_quarter_median_mb": float(np.median(after_chunk[-q:])),
         "output_mb": os.path.getsize(job["output"]) / 1e6,
     }
 
@@ -204,14 +222,17 @@ def memory_scaling(model_file: str, sizes, chunk: int, workdir: Path) -> dict:
     rows = []
     for n in sizes:
         path = workdir / f"catalog_{n}.parquet"
-        pq.write_table(pa.table({k: v[:n] for k, v in arrays.items()}), path)
+        # row groups of one chunk, as catalogs written in chunks have: a reader decodes whole row groups, so one
+        # 1e6-row group would put the whole file in memory whatever the chunk size
+        pq.write_table(pa.table({k: v[:n] for k, v in arrays.items()}), path, row_group_size=chunk)
         out = workdir / f"out_{n}.parquet"
         row = _run_worker({"task": "stream", "input": str(path), "output": str(out), "chunk": chunk,
                            "model_file": model_file})  # fmt: skip
         row["load_average_1min"] = round(os.getloadavg()[0], 2)
         print(
-            f"  {n:>9,d} stars: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.1f} s "
-            f"({row['stars_per_s']:,.0f} stars/s)"
+            f"  {n:>9,d} stars: peak RSS {row['peak_rss_mb']:.0f} MB, after chunks (first/last quarter median) "
+            f"{row['rss_first_quarter_median_mb']:.0f}/{row['rss_last_quarter_median_mb']:.0f} MB, "
+            f"{row['seconds']:.1f} s ({row['stars_per_s']:,.0f} stars/s)"
         )
         rows.append(row)
         os.remove(path)
@@ -221,6 +242,8 @@ def memory_scaling(model_file: str, sizes, chunk: int, workdir: Path) -> dict:
         "posterior_grid": STREAM_POSTERIOR,
         "sizes": rows,
         "peak_ratio_largest_to_smallest": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"],
+        "largest_last_to_first_quarter": rows[-1]["rss_last_quarter_median_mb"]
+        / rows[-1]["rss_first_quarter_median_mb"],
     }
 
 

@@ -8,12 +8,14 @@ step size and windowed mass-matrix adaptation) for every star at once:
   the kernel inside one ``jit``; no Python loop per star or per step;
 * **per-star adaptation** — each star (and each chain) carries its own step size and inverse mass matrix in its
   kernel state, so a star with a 0.01 posterior width and one with a width of 100 are both sampled efficiently;
-* **bounded memory** — stars are processed ``batch_size`` at a time with ``lax.map`` (vmapped inside a batch);
+* **bounded memory** — stars are processed ``batch_size`` at a time (per device), one compiled call per batch;
   a catalog is fed in chunks by the catalog runner (:func:`jaxstars.catalog.run_catalog`);
 * **devices** — with several local devices the stars are split across them with ``shard_map`` (one program per
   device, no communication); on one CPU this is a no-op;
-* **reproducible** — star ``i`` uses ``fold_in(key, row_ids[i])``, so its draws do not depend on the batch or chunk
-  it lands in.
+* **reproducible** — star ``i`` uses ``fold_in(key, row_ids[i])`` and always runs at lane ``row_ids[i] %
+  batch_size`` of a batch of the same shape (XLA's CPU kernels round differently at different lanes of a vmapped
+  batch, and NUTS trajectories amplify rounding), so its draws are bit-identical whatever chunk or batch it is in.
+  A batch is padded to full size, so a single star costs a whole batch: for one-star calls use ``batch_size=1``.
 
 NUTS trees have data-dependent sizes; vmapped, a batch advances at the pace of its slowest star (``while_loop``
 under ``vmap``), which is why ``batch_size`` is modest by default.
@@ -81,7 +83,7 @@ class NUTSConfig:
     dense_mass : bool
         Adapt a dense (rather than diagonal) inverse mass matrix.
     batch_size : int
-        Stars vmapped together; batches run one after another (``lax.map``), which bounds memory.
+        Stars vmapped together in one compiled call (padded to full size); batches run one after another.
     max_init_tries : int
         Uniform(−2, 2) restarts in unconstrained space when the first initial point has no finite density.
     max_rhat, min_ess, min_accept_prob, max_tree_depth_fraction : float
@@ -448,12 +450,21 @@ def sample_stars(
     data = jax.tree_util.tree_map(lambda x: jnp.where(_expand(valid, x), x, jnp.asarray(x)[first]), data)
 
     n_devices = min(devices or jax.local_device_count(), jax.local_device_count())
-    pad = (-n) % n_devices
-    if pad:
-        data = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), data)
-        padded_ids = np.concatenate([row_ids, np.repeat(row_ids[:1], pad)])
+    # Every star runs at the same place of a batch of the same shape, whatever else is sampled with it: at lane
+    # row_id % step of a batch of `step` stars. (XLA's CPU kernels round differently at different lanes of a
+    # vmapped batch and NUTS trajectories amplify rounding, so this is what makes draws independent of chunking.)
+    step = config.batch_size * n_devices
+    blocks, block_of = np.unique(row_ids // step, return_inverse=True)
+    slots = block_of.reshape(-1) * step + row_ids % step
+    if np.unique(slots).size != n:  # repeated row ids: fall back to consecutive slots
+        slots = np.arange(n)
+        size = n + (-n) % step
     else:
-        padded_ids = row_ids
+        size = blocks.size * step
+    fill = np.zeros(size, dtype=np.int64)  # padding: copies of star 0 (valid after the replacement above)
+    fill[slots] = np.arange(n)
+    padded_ids = row_ids[fill]
+    data = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[fill], data)
     if isinstance(key, (int, np.integer)):
         key = jax.random.PRNGKey(int(key))
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(padded_ids % (2**31 - 1), jnp.uint32))
@@ -461,10 +472,13 @@ def sample_stars(
     example = jax.tree_util.tree_map(lambda x: x[0], data)
     treedef_key = str(jax.tree_util.tree_structure((data, shared)))
     run = _compiled(model, config, init_fn, n_devices, treedef_key)
-    values, stats, good = run(data, shared, keys, example)
-    values = {k: np.asarray(v)[:n] for k, v in values.items()}
-    stats = {k: np.asarray(v)[:n] for k, v in stats.items()}
-    good = np.asarray(good)[:n]
+    outs = [
+        run(jax.tree_util.tree_map(lambda x, s=s: x[s : s + step], data), shared, keys[s : s + step], example)
+        for s in range(0, size, step)
+    ]
+    values = {k: np.concatenate([np.asarray(o[0][k]) for o in outs])[slots] for k in outs[0][0]}
+    stats = {k: np.concatenate([np.asarray(o[1][k]) for o in outs])[slots] for k in outs[0][1]}
+    good = np.concatenate([np.asarray(o[2]) for o in outs])[slots]
     latent = tuple(latent_sites(model, example, shared))
     return _finish(values, stats, good, valid, latent, config)
 

@@ -283,7 +283,7 @@ def distance_posteriors(
     weights = jnp.asarray(stars.dust.weights, dtype=jnp.float32)
     run = _compiled_batch(model, config, prior)
 
-    size = min(config.batch_size, max(n, 1))
+    size = config.batch_size  # one batch shape for every chunk: results do not depend on the chunking
     parts = []
     bar = None
     if progress:
