@@ -303,6 +303,10 @@ def test_input_errors_are_one_line_with_exit_code_2(model_dir, catalog, tmp_path
     assert _infer(not_a_model, path, out) == 2
     err = _error_line(capsys)
     assert "not a saved jaxstars model" in err and "known kinds: cmd (" in err
+    # ... also when it holds some other .npz archive under the model's file name
+    np.savez(not_a_model / "model.npz", weights=np.ones(3))
+    assert _infer(not_a_model, path, out) == 2
+    assert "known kinds: cmd (" in _error_line(capsys)
     # missing model, missing catalog
     assert _infer(tmp_path / "nowhere", path, out) == 2
     assert "model" in (err := _error_line(capsys)) and "not found" in err

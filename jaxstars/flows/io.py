@@ -34,6 +34,10 @@ class FlowFileError(ValueError):
     """A flow file that cannot be loaded: corrupt, incompatible version, or not matching its spec."""
 
 
+class NotAFlowFileError(FlowFileError):
+    """A readable ``.npz`` archive that was not written by :func:`save_flow` (no jaxstars header)."""
+
+
 def _path_str(path) -> str:
     return jax.tree_util.keystr(path)
 
@@ -68,7 +72,8 @@ def flow_metadata(path: str | os.PathLike) -> dict:
     Raises
     ------
     FileNotFoundError : no file at ``path``.
-    FlowFileError : the file is not a readable jaxstars flow file.
+    NotAFlowFileError : a readable archive without a jaxstars header.
+    FlowFileError : the file is corrupt or truncated.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -76,7 +81,7 @@ def flow_metadata(path: str | os.PathLike) -> dict:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if _HEADER not in npz.files:
-                raise FlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
+                raise NotAFlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
             header = json.loads(bytes(npz[_HEADER]).decode("utf-8"))
     except FlowFileError:
         raise

@@ -577,11 +577,16 @@ def inference_hooks():
 
     def detect(path: Path) -> bool:
         """A CMD model file (or a folder holding one); a corrupt one raises FlowFileError (reported as such)."""
-        from jaxstars.flows.io import flow_metadata
+        from jaxstars.flows.io import NotAFlowFileError, flow_metadata
         from jaxstars.models.cmd.model import MODEL_FILE
 
         file = path / MODEL_FILE if path.is_dir() else path
-        return file.is_file() and file.suffix == ".npz" and "cmd" in flow_metadata(file)
+        if not (file.is_file() and file.suffix == ".npz"):
+            return False
+        try:
+            return "cmd" in flow_metadata(file)
+        except NotAFlowFileError:  # some other .npz: not ours (a corrupt one still raises)
+            return False
 
     def add_arguments(group) -> None:
         group.add_argument(
