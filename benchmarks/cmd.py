@@ -483,6 +483,7 @@ def stream(input_path: str, model_dir: str, output_path: str, chunk: int, grid: 
     from astropy.table import Table
 
     from jaxstars.astro.catalog_io import to_canonical
+    from jaxstars.catalog.runner import release_freed_memory
     from jaxstars.models.cmd import CMDModel, PosteriorConfig, distance_posteriors, prepare_stars
 
     rss_start = _rss_mb()
@@ -513,8 +514,10 @@ def stream(input_path: str, model_dir: str, output_path: str, chunk: int, grid: 
             writer = pq.ParquetWriter(output_path, out.schema)
         writer.write_table(out)
         done += n
-        # drop this chunk before the next one is read, so that at most one chunk is alive at a time
+        # drop this chunk before the next one is read, so that at most one chunk is alive at a time; then free it
+        # as the catalog runner does after every part (cyclic GC for astropy tables + malloc_trim)
         del batch, raw, table, stars, res, truth, ok, columns, samples, out
+        release_freed_memory()
         rss_after.append(_rss_mb())
     if writer is not None:
         writer.close()
@@ -560,7 +563,8 @@ def memory_scaling(
 
     def run(n, grid, env=None):
         path = workdir / f"catalog_{n}.parquet"
-        pq.write_table(pa.table({k: v[:n] for k, v in arrays.items()}), path)
+        # row groups of one chunk (a reader decodes whole row groups: one 1e6-row group holds the whole file)
+        pq.write_table(pa.table({k: v[:n] for k, v in arrays.items()}), path, row_group_size=chunk)
         out = workdir / f"posteriors_{n}.parquet"
         job = {
             "task": "stream",
@@ -630,6 +634,11 @@ def _worker(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="CMD model benchmark: grid posteriors vs NUTS, streamed memory.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (~2 min smoke run)")
+    parser.add_argument(
+        "--only-memory",
+        action="store_true",
+        help="re-measure the streamed memory only (small model retrained); other sections kept from the last run",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -640,6 +649,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpyro
 
     settings = _settings(args.quick)
+    if args.only_memory:
+        return _only_memory(settings, args.quick)
     cores = os.cpu_count() or 1
     load_start = os.getloadavg()
     t_start = time.perf_counter()
@@ -744,6 +755,38 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {RESULTS} ({meta['total_seconds']:.0f} s)")
     return results
+
+
+def _only_memory(settings: dict, quick: bool) -> dict:
+    """Retrain the small model, re-measure :func:`memory_scaling`, keep the other sections of the last results."""
+    import jax
+    import numpyro
+
+    data = json.loads(RESULTS.read_text())
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jaxstars-bench-cmd-") as tmp:
+        workdir = Path(tmp)
+        build_models(dict(settings, paper_epoch=False), workdir)
+        print(f"streamed memory (chunks of {settings['chunk']:,} rows) ...")
+        data["results"]["memory"] = memory_scaling(
+            str(workdir / "small"),
+            settings["memory_sizes"],
+            settings["chunk"],
+            workdir,
+            settings["memory_default_grid"],
+            settings["memory_allocator_reference"],
+        )
+    data["meta"]["memory_rerun"] = {
+        "command": "python -m benchmarks.cmd --only-memory" + (" --quick" if quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "jax": jax.__version__,
+        "numpyro": numpyro.__version__,
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "seconds": time.perf_counter() - t_start,
+    }
+    RESULTS.write_text(json.dumps(data, indent=2))
+    print(f"wrote {RESULTS}")
+    return data["results"]
 
 
 if __name__ == "__main__":

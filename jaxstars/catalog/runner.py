@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -640,7 +641,7 @@ class _Run:
         _fsync(self.part_path(k))  # on disk before the manifest says so (power loss, not only kills)
         self.completed[k] = len(part)
         self.write_manifest()
-        _release_freed_memory()
+        release_freed_memory()
 
     def _finish_processing(self, n_chunks: int, n_computed: int, rows_computed: int) -> None:
         self.n_chunks = n_chunks
@@ -1104,12 +1105,15 @@ def _malloc_trim():
         return None
 
 
-def _release_freed_memory() -> None:
-    """Hand the heap memory freed by the finished chunk back to the system (glibc only; a no-op elsewhere).
+def release_freed_memory() -> None:
+    """Free the finished chunk's memory now: collect reference cycles, then hand freed heap back to the system.
 
-    Without it glibc keeps freed chunk-sized arrays in a fragmented heap and the resident size creeps up with the
-    number of chunks processed (issue 4's streaming benchmark: +38 % from 1e4 to 1e6 stars).
+    Astropy tables hold reference cycles (columns ↔ table), so a chunk's tables are freed only by the cyclic
+    garbage collector, whose full collections are rare: without an explicit collection the resident size grew by
+    ~1 MB per 10,000-row chunk (measured: +16 % over 100 chunks). ``malloc_trim`` (glibc only; a no-op elsewhere)
+    then returns the freed, fragmented heap pages to the system.
     """
+    gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
