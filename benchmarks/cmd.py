@@ -489,7 +489,7 @@ def stream(input_path: str, model_dir: str, output_path: str, chunk: int, grid: 
     rss_start = _rss_mb()
     config = PosteriorConfig(**grid)
     model, params = CMDModel.load(model_dir)
-    source = pq.ParquetFile(input_path)
+    source = pq.ParquetFile(input_path, pre_buffer=False)  # pre-buffered row groups stay cached: memory grows
     writer = None
     done, inside, counted = 0, 0, 0
     rss_after = []

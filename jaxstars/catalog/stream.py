@@ -306,7 +306,7 @@ def _parquet_rows(
     for i, (file, n) in enumerate(zip(files, file_rows)):
         lo, hi = max(start, offset), min(stop, offset + n)
         if i == 0 or lo < hi:
-            pf = pq.ParquetFile(file)
+            pf = pq.ParquetFile(file, pre_buffer=False)  # see _parquet_blocks
             if i == 0:
                 metadata = pf.schema_arrow.metadata or {}
                 if _ASTROPY_META_KEY.encode() in metadata:
@@ -393,7 +393,9 @@ def _parquet_blocks(path: Path, chunk_rows: int, columns: Sequence[str] | None) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    # pre_buffer=False: with pre-buffering, pyarrow keeps every row group's pre-read column chunks cached for the
+    # life of the reader, so memory grows with the rows read (measured: +34 MB per 300,000 rows of 12 columns)
+    pf = pq.ParquetFile(path, pre_buffer=False)
     schema = pf.schema_arrow
     metadata = schema.metadata or {}
     header = None
