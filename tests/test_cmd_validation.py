@@ -75,33 +75,33 @@ def _standard_error(row):
 @pytest.mark.parametrize("cut", [15.0, 50.0])
 @pytest.mark.parametrize("baseline", ["inverse_parallax", "edsd_prior"])
 def test_cluster_centre_closest(cluster_rows, cut, baseline):
-    """Table 2: the model's cluster centre is the closest to 840 pc (within two standard errors of its centre)."""
+    """Table 2: the model's cluster centre is the closest to 840 pc (within two standard errors of its centre).
+
+    Tight for SNR < 50 against inverse parallax (dominated there by S/N 15–50 members, nearly unbiased): measured
+    on seed 0, |823.3 − 840| = 16.7 pc against 9.8 + 2 × 3.5 pc. The model's centre sits 1–2 % low (seeds 0/1/2:
+    823/833/841 pc), from the field-trained CMD's lower main sequence (fainter than a solar-metallicity cluster's).
+    """
     model, other = cluster_rows[("model", cut)], cluster_rows[(baseline, cut)]
     assert model["abs_error"] <= other["abs_error"] + 2.0 * _standard_error(model), (model, other)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "cut, baseline",
-    [
-        (15.0, "inverse_parallax"),
-        (15.0, "edsd_prior"),
-        (50.0, "inverse_parallax"),
-        pytest.param(
-            50.0,
-            "edsd_prior",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="measured (seed 0): the EDSD fit's dominant component is narrower (σ 73 pc) but holds only "
-                "60% of the members (40% go to a component at 2.3 kpc); the model's holds 91% with σ 106 pc",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("cut", [15.0, 50.0])
+@pytest.mark.parametrize("baseline", ["inverse_parallax", "edsd_prior"])
 def test_cluster_spread_smallest(cluster_rows, cut, baseline):
     """Table 2: the model's cluster component is the narrowest."""
     model, other = cluster_rows[("model", cut)], cluster_rows[(baseline, cut)]
     assert model["spread"] < other["spread"], (model["spread"], other["spread"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", [15.0, 50.0])
+def test_cluster_photometric_errors_narrow_the_core(cluster_rows, cut):
+    """Convolving the CMD density with the members' photometric errors narrows the cluster component compared
+    with the paper's evaluation at the observed (noisy) photometry (measured, seeds 0/1/2 at SNR < 50:
+    σ 61/52/53 pc against 106/85/95 pc)."""
+    model, exact = cluster_rows[("model", cut)], cluster_rows[("model_exact_photometry", cut)]
+    assert model["spread"] < exact["spread"], (model["spread"], exact["spread"])
 
 
 @pytest.fixture(scope="module")

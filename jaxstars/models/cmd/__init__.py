@@ -10,7 +10,15 @@ photometric distance posteriors it gives.
 
 from .features import CRANMER_BAND_EXTINCTION, CMDFeatures, gaia_cmd_features
 from .model import FLAGS, CMDModel, CMDStars, flag_names, prepare_stars
-from .posterior import PosteriorConfig, distance_log_posterior, distance_model, distance_posteriors, run_nuts
+from .posterior import (
+    PosteriorConfig,
+    distance_log_posterior,
+    distance_model,
+    distance_posteriors,
+    photometric_covariance,
+    photometric_quadrature,
+    run_nuts,
+)
 from .sampling import nuts_distance_posteriors
 from .training import (
     BestEstimate,
@@ -44,6 +52,8 @@ __all__ = [
     "gaia_cmd_features",
     "iterate_best_distance",
     "nuts_distance_posteriors",
+    "photometric_covariance",
+    "photometric_quadrature",
     "prepare_stars",
     "run_nuts",
     "train_cmd",
