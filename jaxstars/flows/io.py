@@ -13,6 +13,7 @@ truncated or bit-flipped file (zip CRC), a missing file or another format versio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -66,6 +67,39 @@ def save_flow(path: str | os.PathLike, flow: Flow, params, *, members: int | Non
         np.savez(fh, **arrays)
 
 
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    UnicodeDecodeError,
+    NotImplementedError,  # zipfile: corrupt compression-method field
+)
+
+
+@contextlib.contextmanager
+def _open_flow_file(path):
+    """``np.load`` a flow file; read errors inside the block become :class:`FlowFileError`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no flow file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            yield npz
+    except FlowFileError:
+        raise
+    except _READ_ERRORS as err:
+        raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
+
+
+def _read_header(npz, path: str) -> dict:
+    if _HEADER not in npz.files:
+        raise NotAFlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
+    return json.loads(bytes(npz[_HEADER]).decode("utf-8"))
+
+
 def flow_metadata(path: str | os.PathLike) -> dict:
     """The ``metadata`` stored by :func:`save_flow` in a flow file, without loading its arrays.
 
@@ -76,17 +110,8 @@ def flow_metadata(path: str | os.PathLike) -> dict:
     FlowFileError : the file is corrupt or truncated.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no flow file at {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if _HEADER not in npz.files:
-                raise NotAFlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
-            header = json.loads(bytes(npz[_HEADER]).decode("utf-8"))
-    except FlowFileError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
-        raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
+    with _open_flow_file(path) as npz:
+        header = _read_header(npz, path)
     metadata = header.get("metadata") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else {}
 
@@ -100,33 +125,15 @@ def load_flow(path: str | os.PathLike):
     FlowFileError : the file is corrupt, of another format version, or its arrays do not match its spec.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no flow file at {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if _HEADER not in npz.files:
-                raise FlowFileError(f"{path!r} is not a jaxstars flow file (no {_HEADER} header)")
-            header = json.loads(bytes(npz[_HEADER]).decode("utf-8"))
-            _check_header(header, path)
-            arrays = []
-            for i in range(len(header["leaves"])):
-                name = f"leaf_{i:05d}"
-                if name not in npz.files:
-                    raise FlowFileError(f"{path!r}: array {name} ({header['leaves'][i]}) is missing")
-                arrays.append(npz[name])
-    except FlowFileError:
-        raise
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        OSError,
-        EOFError,
-        ValueError,
-        KeyError,
-        UnicodeDecodeError,
-        NotImplementedError,  # zipfile: corrupt compression-method field
-    ) as err:
-        raise FlowFileError(f"{path!r} is corrupt or truncated: {err}") from err
+    with _open_flow_file(path) as npz:
+        header = _read_header(npz, path)
+        _check_header(header, path)
+        arrays = []
+        for i in range(len(header["leaves"])):
+            name = f"leaf_{i:05d}"
+            if name not in npz.files:
+                raise FlowFileError(f"{path!r}: array {name} ({header['leaves'][i]}) is missing")
+            arrays.append(npz[name])
 
     try:
         flow = Flow(from_config(header["bijector"]))
