@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.table import Table
+from run_checks import completed_rows, kill_after_rows
 
 from jaxstars.astro.catalog_io import write_table
 from jaxstars.catalog import ChunkProcessingError, ChunkProcessor, DaskSettings, run_catalog
@@ -82,13 +80,6 @@ def _assert_same(a: Table, b: Table) -> None:
     assert a.colnames == b.colnames and len(a) == len(b)
     for name in a.colnames:
         np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
-
-
-def _completed_rows(manifest_path: Path) -> int:
-    try:
-        return sum(run["n_rows"] for run in json.loads(manifest_path.read_text()).get("completed", []))
-    except (OSError, ValueError):
-        return 0
 
 
 SETUPS: dict[int, int] = {}  # per process: how many times a ProcessRecorder was set up
@@ -190,7 +181,7 @@ def test_worker_exception_names_the_chunk_and_rerun_resumes(client, inputs, refe
     # a single-process run stops at chunk 2; the Dask run resumes it and stops at chunk 4 ...
     with pytest.raises(ChunkProcessingError):
         _run(inputs["parquet"], out, _explode_at(2 * CHUNK))
-    assert _completed_rows(manifest_path) == 2 * CHUNK
+    assert completed_rows(manifest_path) == 2 * CHUNK
     pattern = r"chunk 4 \(rows 388 to 484 of .*cat\.parquet.*model exploded"
     with pytest.raises(ChunkProcessingError, match=pattern) as info:
         _run(inputs["parquet"], out, _explode_at(4 * CHUNK), dask=client)
@@ -232,23 +223,7 @@ def test_sigkilled_dask_client_resumes_to_the_uninterrupted_output(client, input
         f"run_catalog({str(catalog)!r}, {str(out)!r}, slow_toy_process, chunk_rows={chunk_rows},"
         f" config=CONFIG, progress=False, dask={client.scheduler.address!r})"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _completed_rows(manifest) < 2 * chunk_rows:
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no progress in the subprocess")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    done_before = _completed_rows(manifest)
+    done_before = kill_after_rows([sys.executable, "-c", code], manifest, 2 * chunk_rows, timeout=120)
     assert 2 * chunk_rows <= done_before < N and not out.exists()
 
     summary = _run(catalog, out, chunk_rows=chunk_rows, dask=client)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.table import Column, Table
+from run_checks import completed_rows, kill_after_rows
 
 from jaxstars.astro.catalog_io import write_table
 from jaxstars.catalog import ChunkProcessingError, ParquetChunkWriter, RunMismatchError, run_catalog
@@ -139,14 +140,6 @@ def _failing_at(chunk: int, calls: list):
     return process
 
 
-def _completed_rows(manifest_path: Path) -> int:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return 0
-    return sum(run["n_rows"] for run in manifest.get("completed", []))
-
-
 # ------------------------------------------------------------------------------------------------ results
 
 
@@ -248,23 +241,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_output(catalog_path, referen
         f"run_catalog({str(catalog_path)!r}, {str(out)!r}, slow_toy_process, chunk_rows={chunk_rows},"
         " config=CONFIG, progress=False)"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _completed_rows(manifest) < 2 * chunk_rows:
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no progress in the subprocess")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    done_before = _completed_rows(manifest)
+    done_before = kill_after_rows([sys.executable, "-c", code], manifest, 2 * chunk_rows, timeout=120)
     assert 2 * chunk_rows <= done_before < N and not out.exists()
 
     calls = []
@@ -472,8 +449,8 @@ def test_repeated_random_kills(catalog_path, reference, tmp_path):
         )
         for _ in range(3):
             proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-            target = _completed_rows(manifest) + int(rng.integers(0, 8)) * chunk_rows
-            while _completed_rows(manifest) < target and proc.poll() is None:
+            target = completed_rows(manifest) + int(rng.integers(0, 8)) * chunk_rows
+            while completed_rows(manifest) < target and proc.poll() is None:
                 time.sleep(0.005)
             time.sleep(float(rng.uniform(0, 0.05)))
             proc.send_signal(signal.SIGKILL)

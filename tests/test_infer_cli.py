@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.table import Table
+from run_checks import kill_after_rows
 
 from jaxstars.astro.catalog_io import write_catalog, write_table
 from jaxstars.astro.simulate import simulate
@@ -385,14 +381,6 @@ def test_nuts_agrees_with_grid_flags_the_same_rows_and_ignores_chunking(model_di
 # ------------------------------------------------------------------------------------------------ 4. kill
 
 
-def _completed_rows(manifest_path: Path) -> int:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return 0
-    return sum(run["n_rows"] for run in manifest.get("completed", []))
-
-
 def test_sigkilled_run_resumes_to_the_uninterrupted_output(model_dir, simulated, tmp_path, capsys):
     n, chunk_rows = N_KILL, 100
     cat = simulated.copy()
@@ -407,23 +395,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_output(model_dir, simulated,
     out = tmp_path / "killed.parquet"
     argv = ["infer", str(model_dir), *common, "-o", str(out)]
     manifest = Path(f"{out}.parts") / MANIFEST_NAME
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "jaxstars.cli", *argv], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while _completed_rows(manifest) < chunk_rows:
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no finished chunk in the subprocess")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    done_before = _completed_rows(manifest)
+    done_before = kill_after_rows([sys.executable, "-m", "jaxstars.cli", *argv], manifest, chunk_rows, timeout=300)
     assert chunk_rows <= done_before < n and not out.exists()
     assert list((out.parent / f"{out.name}.parts").glob("part-*.parquet"))
 
