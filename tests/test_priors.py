@@ -226,3 +226,27 @@ def test_healpix_pixel_from_gaia_source_id_matches_catalog_positions():
     np.testing.assert_array_equal(params["length_scale"], pix.astype(float))
     with pytest.raises(ValueError, match="shape"):
         generalized_gamma_parameters_per_pixel(np.asarray(t["source_id"]), {**table, "beta": np.ones(3)})
+
+
+def test_geometric_distance_matches_quadrature():
+    """Mean, std and median of likelihood × GGD prior vs an independent trapezoid integral on a linear grid."""
+    from jaxstars.astro.priors import geometric_distance
+
+    plx = np.array([5.0, 1.0, 0.3, -0.2])
+    err = np.array([0.05, 0.2, 0.25, 0.3])
+    zp = -0.02
+    mean, std, median = geometric_distance(plx, err, zp, (1300.0, 1.5, 0.8), n_grid=4096)
+    d = np.linspace(1.0, 40000.0, 400_001)
+    for i in range(plx.size):
+        like = np.exp(-0.5 * ((plx[i] - zp - 1000.0 / d) / err[i]) ** 2)
+        post = like * d**0.8 * np.exp(-((d / 1300.0) ** 1.5))
+        post /= np.trapezoid(post, d)
+        m = np.trapezoid(post * d, d)
+        s = np.sqrt(np.trapezoid(post * (d - m) ** 2, d))
+        cdf = np.cumsum(post) * (d[1] - d[0])
+        assert mean[i] == pytest.approx(m, rel=2e-3)
+        assert std[i] == pytest.approx(s, rel=1e-2)
+        assert median[i] == pytest.approx(np.interp(0.5, cdf, d), rel=3e-3)
+    # bad inputs give NaN, never an exception
+    out = geometric_distance([1.0, np.nan, 1.0], [0.1, 0.1, 0.0])
+    assert np.isfinite(out[0][0]) and np.isnan(out[0][1]) and np.isnan(out[0][2])

@@ -164,6 +164,9 @@ def fit(
         params = jax.vmap(flow.init)(jax.random.split(key_init, members))
     elif not ensemble:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], params)
+    # strongly typed copies: weak-typed leaves (e.g. Python-float initialisers) would change dtype after the first
+    # update and make the compiled epoch recompile
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), params)
 
     devices = jax.local_devices()
     if data_parallel is None:

@@ -46,7 +46,7 @@ from jax.scipy.stats import norm
 from jaxstars.astro.astrometry import parallax_log_likelihood
 from jaxstars.astro.bands import get_band
 from jaxstars.astro.geometry import galactocentric_rz
-from jaxstars.astro.priors import log_prior_generalized_gamma
+from jaxstars.astro.priors import geometric_distance, log_prior_generalized_gamma
 from jaxstars.flows import FitResult, Flow, fit
 from jaxstars.inference import importance_log_marginal
 
@@ -465,7 +465,10 @@ def flower_training_arrays(
         with PS1 bands as ``ps1_g`` …, ``l``, ``b``, ``parallax``, ``parallax_error``).
     features : the band set.
     distance, distance_error : columns for ``q(d)`` (e.g. Bailer-Jones ``r_med_geo`` and half its 68% interval);
-        default: from the zero-point-corrected parallax, ``d̄ = 1000/ϖ_c``, ``s_d = 1000 σ_ϖ / ϖ_c²``.
+        default (None): the mean and standard deviation of the Bailer-Jones-style geometric posterior
+        (:func:`jaxstars.astro.priors.geometric_distance`, generalized gamma prior :data:`DEFAULT_PRIOR`);
+        ``"inverse_parallax"``: ``d̄ = 1000/ϖ_c``, ``s_d = 1000 σ_ϖ / ϖ_c²`` (a poor proposal at low parallax S/N:
+        its draws reach d ≤ 0 and far-off distances, and the loss of such stars is dominated by a few draws).
     ebv : column of known training reddening (default: 0, the zero-extinction sample).
     zero_point : float, array or column name (catalogue-bias sign, mas); default the catalogue's ``PLXZP`` meta
         value if any, else 0.
@@ -489,7 +492,9 @@ def flower_training_arrays(
     zp = _column(catalog, zero_point) if isinstance(zero_point, str) else np.broadcast_to(zero_point, (n,))
     zp = np.asarray(zp, float)
     plx_c = plx - zp
-    if distance is None:
+    if distance is None:  # Bailer-Jones-style geometric distance under the Eq. 13 prior of the training weight
+        d_mean, d_std, _ = geometric_distance(plx, plx_err, zp, DEFAULT_PRIOR)
+    elif distance == "inverse_parallax":
         with np.errstate(divide="ignore", invalid="ignore"):
             d_mean = 1000.0 / plx_c
             d_std = 1000.0 * plx_err / plx_c**2
@@ -502,8 +507,8 @@ def flower_training_arrays(
     ok = np.all(np.isfinite(mags), axis=1) & np.all(np.isfinite(errs) & (errs > 0), axis=1)
     ok &= np.isfinite(plx) & np.isfinite(plx_err) & (plx_err > 0) & np.isfinite(zp) & np.isfinite(e)
     ok &= np.isfinite(d_mean) & np.isfinite(d_std) & (d_mean > 0) & (d_std > 0)
-    if distance is None:
-        ok &= plx_c > 0
+    if distance is None or distance == "inverse_parallax":
+        ok &= plx_c > 0  # §3: the training sample excludes negative parallaxes
     if min_parallax_snr is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             ok &= plx_c / plx_err >= min_parallax_snr
@@ -659,8 +664,6 @@ def train_flower(
 
     k_init, k_fit = jax.random.split(key)
     theta = model.init(k_init) if params is None else params
-    # Strongly typed copies: weak-typed init arrays would make fit() recompile its epoch after the first steps.
-    theta = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), theta)
     result = fit(
         model.flow,
         arrays,
