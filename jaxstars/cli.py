@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxstars.models.cmd.cli import add_cmd_arguments
 
     add_cmd_arguments(sub)
+    from jaxstars.models.flower.cli import add_flower_arguments
+
+    add_flower_arguments(sub)
     args = parser.parse_args(argv)
     if args.version:
         from jaxstars import __version__

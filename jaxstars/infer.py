@@ -106,6 +106,11 @@ MODEL_KINDS = (
         "Cranmer et al. colour–magnitude flow: distance posteriors (grid or NUTS) with dust",
         "jaxstars.models.cmd.cli:inference_hooks",
     ),
+    ModelKind(
+        "flower",
+        "FLOWER (O'Callaghan et al.) zero-extinction flow: E(B-V) and distance posteriors (fast path or NUTS)",
+        "jaxstars.models.flower.cli:inference_hooks",
+    ),
 )
 
 

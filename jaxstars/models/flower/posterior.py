@@ -24,32 +24,30 @@ Two ways to compute it:
     given ``(E, log d)``, a nearly linear correlation a diagonal mass matrix can only follow with tiny steps.  Same
     posterior, same kernel, only the preconditioner differs (``NUTSConfig(dense_mass=False)`` is the diagonal one).
 
-(b) **Fast path.**  :func:`flower_posteriors` integrates ``x`` out and tabulates ``p(E, d | data)`` on a 2-D grid
-    over ``(E, ln d)``:
+(b) **Fast path.**  :func:`flower_posteriors` tabulates ``p(E, ln d | data)`` on a grid, with ``x`` integrated out
+    by a Laplace approximation at every node, vmapped over stars:
 
-    * *x marginal by importance sampling.*  Given ``(E, d)``, the photometry fixes every observed component of
-      ``x`` to a few hundredths of a magnitude: ``x̂ = Λ(m̂ − μ(d) − A(E, x̂))`` (a short fixed-point iteration
-      for the colour dependence of the law).  The proposal is ``x = x̂ + L ε``, ``ε ~ N(0, I)``, with
-      ``L Lᵀ = Λ Σ Λᵀ`` on the observed components — the tight photometric directions become unit-scaled — and,
-      for the colour of a missing band, ``N(x_shift_k, (s · x_scale_k)²)`` from the flow's standardisation
-      (``s = missing_scale``).  Weights ``w = N(m̂ | …) p_θ(x | R, Z) I(M | μ) P(S | …) / q(x)``;
-      ``log p(m̂ | E, d) = log mean w`` and its Kish effective sample size come from
-      :func:`jaxstars.inference.importance_log_marginal`.  The same ``ε`` (common random numbers,
-      ``fold_in(key, row_id)``) are used at every grid node, so the tabulated surface is smooth.
-    * *grid.*  A coarse grid (``n_e_coarse × n_d_coarse``, ``n_draws_coarse`` draws) over the full reddening prior
-      and a distance range from the photometry (the leading band's absolute-magnitude range of the flow) and, when
-      informative, the parallax (±6σ) locates the posterior; a fine grid (``n_e × n_d``, ``n_draws``) spans its
-      ``1e-4 … 1 − 1e-4`` marginal quantiles widened by one coarse cell.  :func:`jaxstars.inference.grid_posterior_2d`
-      gives moments, marginal quantiles and the evidence; distance moments are taken in ``d`` (the grid is in
-      ``ln d`` with the Jacobian ``d`` included), distance quantiles are ``exp`` of the ``ln d`` quantiles.
-    * *diagnostics.*  ``importance_ess``: the smallest ESS over the fine-grid nodes holding posterior mass (density
-      ≥ ``mass_fraction`` × peak), flag ``low_ess`` below ``min_ess``; ``grid_edge`` when more than ``edge_mass``
-      of the posterior sits on a fine-grid edge that is not a prior boundary (E_min, E_max); ``outside_coverage``
-      when ``model.in_coverage`` is False at the 2.5 %, 50 % or 97.5 % distance (§2.6); ``grid_unresolved`` when a
-      marginal std is below 1.5 fine-grid cells (posterior narrower than the zoom could resolve).
+    * *joint mode.*  Eq. 16 in NumPyro's unconstrained coordinates ``z = (η, ln d, x)``
+      (:func:`log_joint_unconstrained`, equal to minus the NUTS potential energy) is maximised by damped Newton
+      steps (eigenvalue-clipped Hessian, trust region, step halving) from nine starts (three reddenings × three
+      distances: the parallax's or the photometric ones); the mode with the best Laplace evidence wins.  Its
+      Hessian gives the ``ln d`` scale and the linear prediction of ``x`` given ``(E, ln d)``.
+    * *grid.*  ``E`` spans the whole prior (``n_e`` nodes); ``ln d`` spans the mode ± ``distance_sigmas`` Laplace
+      standard deviations (at least ±0.7; ``n_d`` nodes).  At each node ``log ∫ p(E, d, x, data) dx`` is the Laplace
+      marginal: a Newton step in ``x`` from the joint mode's linear prediction (the photometry fixes every
+      observed direction; the flow, sharper than the photometry across the stellar locus, fixes the rest) and
+      ``−½ log det`` of the Hessian there.  The grid over ``(E, ln d)`` keeps what a single Gaussian over
+      ``(E, ln d, x)`` loses: skewed, truncated and curved reddening–distance posteriors.
+    * *summaries.*  :func:`jaxstars.inference.grid_posterior_2d`: moments, marginal quantiles (distance quantiles
+      are ``exp`` of the ``ln d`` ones; distance moments in ``d``), the evidence.  Flags: ``grid_edge`` when more
+      than ``edge_mass`` of the posterior sits on a distance edge, ``grid_unresolved`` when a marginal std is
+      below 1.5 grid cells, ``low_ess`` when the result is not finite, ``outside_coverage`` when
+      ``model.in_coverage`` is False at the 2.5 %, 50 % or 97.5 % distance (§2.6).
 
-    Vectorised: ``vmap`` over chunks of ``batch_size`` stars (fixed shapes: one compilation per ``(model, config)``
-    whatever the number of stars), chunks run one after another.
+    The Laplace marginal over ``x`` is the approximation; importance sampling of ``x`` around it would remove it
+    but, with flows sharper than the photometry, needs far more draws per node than the grid has nodes.  How
+    well this agrees with NUTS is measured, not assumed (``examples/flower_validation.py``,
+    ``docs/models/flower.md``).
 
 :func:`dust_pushed` is the check of §2.9.2: a star brighter than ``m_bright + R_lead E_max`` in the leading band
 could have entered the catalogue only because dust dimmed it.
@@ -74,14 +72,11 @@ from jaxstars.astro.geometry import galactocentric_rz
 from jaxstars.astro.priors import GeneralizedGammaPrior, log_prior_generalized_gamma
 from jaxstars.inference import (
     NUTSConfig,
-    grid_posterior_1d,
     grid_posterior_2d,
-    importance_log_marginal,
     sample_grid_posterior_2d,
     sample_stars,
 )
 from jaxstars.inference.grid import DEFAULT_QUANTILES
-from jaxstars.inference.importance import ImportanceResult
 
 from .stars import FLAGS, NO_RESULT, FlowerStars
 
@@ -92,8 +87,9 @@ __all__ = [
     "flower_posteriors",
     "flower_star_model",
     "initial_point",
+    "log_joint",
+    "log_joint_unconstrained",
     "nuts_flower_posteriors",
-    "photometric_log_marginal",
     "star_arrays",
 ]
 
@@ -105,27 +101,32 @@ PAPER_NUTS = NUTSConfig(num_warmup=4000, num_samples=10000, target_accept_prob=0
 
 @dataclasses.dataclass(frozen=True)
 class FlowerPosteriorConfig:
-    """Settings of the FLOWER posterior (both paths) and of the fast path's grid and importance sampler.
+    """Settings of the FLOWER posterior (both paths) and of the fast path's Laplace + importance sampler.
 
     Attributes
     ----------
     e_min, e_max : float
         Reddening prior ``U(E_min, E_max)`` (Eq. 14; paper: −0.05, 0.5).
     d_min, d_max : float
-        Hard bounds of the distance grid (pc); the prior itself is Eq. 13.
-    absmag_range : (float, float) or None
-        Range of the leading band's absolute magnitude used to bound the distance grid; default
-        ``x_shift_0 ± absmag_sigma · x_scale_0`` of the model.
-    absmag_sigma : float
-        See ``absmag_range``.
-    n_e_coarse, n_d_coarse, n_draws_coarse : int
-        Coarse grid (over the full E prior) and importance draws per node.
-    n_e, n_d, n_draws : int
-        Fine grid and importance draws per node.
+        Bounds (pc) of the Newton starting distances; the prior itself is Eq. 13.
+    start_ebv : tuple of float
+        Reddening values of the Newton starts (each with three distances).
+    newton_steps : int
+        Damped Newton steps from every start.
+    n_e, n_d : int
+        Cells of the ``(E, ln d)`` proposal grid: ``E`` over the whole prior, ``ln d`` over the mode
+        ``± max(distance_sigmas · σ_ln d, min_log_distance_halfwidth)`` (σ from the Laplace approximation).
+    distance_sigmas, min_log_distance_halfwidth : float
+        See ``n_e, n_d``.
+    node_newton_steps : int
+        Newton steps in ``x`` per grid node (after the warm start from the neighbouring node).
+    edge_mass : float
+        Flag ``grid_edge`` when more posterior mass than this sits in the first or last distance node.
     missing_scale : float
-        Proposal width for the colour of a missing band, in units of the model's ``x_scale``.
+        Floor of the proposal precision per ``x`` component, ``1 / (missing_scale · x_scale)²``: the width used
+        where neither photometry nor flow constrain a direction.
     fixed_point_iterations : int
-        Iterations of ``x̂ = Λ(m̂ − μ − A(E, x̂))``.
+        Iterations of ``x̂ = Λ(m̂ − μ − A(E, x̂))`` for the starting points.
     mag_limits : (float, float) or None
         ``(m_bright, m_faint)`` of the leading band for the Malmquist cut ``I(M | μ)`` (Eq. 9); None: no cut.
     log_selection : callable or None
@@ -136,22 +137,20 @@ class FlowerPosteriorConfig:
         Posterior draws of ``(E, d)`` returned per star (``ebv_samples``, ``distance_samples``); 0: none.
     batch_size : int
         Stars vmapped together in the fast path.
-    edge_mass, min_ess, mass_fraction : float
-        Flag thresholds (see the module docstring).
     """
 
     e_min: float = -0.05
     e_max: float = 0.5
     d_min: float = 10.0
     d_max: float = 1.0e5
-    absmag_range: tuple | None = None
-    absmag_sigma: float = 6.0
-    n_e_coarse: int = 16
-    n_d_coarse: int = 48
-    n_draws_coarse: int = 4
-    n_e: int = 24
+    start_ebv: tuple = (0.02, 0.2, 0.4)
+    newton_steps: int = 12
+    n_e: int = 32
     n_d: int = 24
-    n_draws: int = 48
+    node_newton_steps: int = 3
+    edge_mass: float = 1e-3
+    distance_sigmas: float = 8.0
+    min_log_distance_halfwidth: float = 0.7
     missing_scale: float = 2.0
     fixed_point_iterations: int = 3
     mag_limits: tuple | None = None
@@ -159,23 +158,17 @@ class FlowerPosteriorConfig:
     quantiles: tuple = DEFAULT_QUANTILES
     n_samples: int = 0
     batch_size: int = 16
-    edge_mass: float = 1e-3
-    min_ess: float = 5.0
-    mass_fraction: float = 1e-3
 
     def __post_init__(self):
         if not self.e_min < self.e_max:
             raise ValueError("need e_min < e_max")
         if not 0 < self.d_min < self.d_max:
             raise ValueError("need 0 < d_min < d_max")
-        for name in ("n_e_coarse", "n_d_coarse", "n_e", "n_d"):
-            if getattr(self, name) < 4:
-                raise ValueError(f"{name} must be >= 4")
-        for name in ("n_draws_coarse", "n_draws", "batch_size"):
+        for name in ("batch_size", "newton_steps", "n_e", "n_d", "node_newton_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.n_draws_coarse > self.n_draws:
-            raise ValueError("n_draws_coarse must be <= n_draws (the coarse draws are the first fine ones)")
+        if not all(self.e_min < e < self.e_max for e in self.start_ebv):
+            raise ValueError("start_ebv values must lie inside (e_min, e_max)")
         if self.mag_limits is not None and not self.mag_limits[0] < self.mag_limits[1]:
             raise ValueError("mag_limits must be (bright, faint) with bright < faint")
 
@@ -262,60 +255,6 @@ def _x_hat(model, star, ebv, mu, iterations: int):
     for _ in range(iterations):
         x = jnp.where(obs, features.intrinsic(r - features.extinction(ebv, x)), shift)
     return x
-
-
-def _proposal_cholesky(model, star, missing_scale: float):
-    """Cholesky factor of the proposal covariance: ``Λ diag(σ²) Λᵀ`` on observed components, wide on missing."""
-    features = model.features
-    lam = jnp.asarray(features.matrix, star["mag"].dtype)
-    obs = star["observed"]
-    var = jnp.where(obs, star["mag_err"] ** 2, 0.0)
-    cov = (lam * var[None, :]) @ lam.T
-    both = obs[:, None] & obs[None, :]
-    wide = (missing_scale * jnp.asarray(model.x_scale, cov.dtype)) ** 2
-    cov = jnp.where(both, cov, 0.0) + jnp.diag(jnp.where(obs, 0.0, wide))
-    return jnp.linalg.cholesky(cov)
-
-
-def photometric_log_marginal(model, params, star: dict, ebv, distance, eps, config=None) -> ImportanceResult:
-    """Importance-sampled ``log ∫ N(m̂ | …) p_θ(x | R, Z) I(M | μ) P(S | …) dx`` at one ``(E, d)`` (fast path).
-
-    Parameters
-    ----------
-    model : FlowerModel
-        ``features``, ``x_shift``, ``x_scale`` and ``log_density(params, x, R, Z)``.
-    params : pytree
-        Flow parameters.
-    star : dict
-        One star from :func:`star_arrays` (no star axis).
-    ebv, distance : scalar
-        Reddening ``E(B−V)`` and distance (pc).
-    eps : array (K, dim)
-        Standard-normal draws (the proposal is ``x̂ + L ε``).
-    config : FlowerPosteriorConfig, optional
-
-    Returns
-    -------
-    ImportanceResult
-        ``log_marginal`` and the Kish ``ess`` of the K weights.
-    """
-    config = FlowerPosteriorConfig() if config is None else config
-    chol = _proposal_cholesky(model, star, config.missing_scale)
-    return _log_marginal(model, params, star, chol, ebv, distance, eps, config)
-
-
-def _log_marginal(model, params, star, chol, ebv, distance, eps, config):
-    ebv = jnp.asarray(ebv, eps.dtype)
-    mu = _modulus(jnp.asarray(distance, eps.dtype))
-    x_hat = _x_hat(model, star, ebv, mu, config.fixed_point_iterations)
-    x = x_hat + eps @ chol.T  # (K, dim)
-    R, Z = galactocentric_rz(star["l"], star["b"], distance)
-    log_lik = _photometric_log_likelihood(model.features, star, ebv, mu, x)
-    log_flow = model.log_density(params, x, R, Z)
-    log_extra = _log_truncation_and_selection(model.features, star, mu, x, config)
-    log_det = jnp.sum(jnp.log(jnp.diag(chol)))
-    log_q = -0.5 * jnp.sum(eps**2, axis=-1) - 0.5 * eps.shape[-1] * math.log(2 * math.pi) - log_det
-    return importance_log_marginal(log_lik + log_flow + log_extra - log_q)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -452,156 +391,199 @@ def nuts_flower_posteriors(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _trapezoid(grid):
-    h = jnp.diff(grid)
-    return jnp.concatenate([h[:1] / 2, (h[1:] + h[:-1]) / 2, h[-1:] / 2])
+def _unpack(z, config):
+    """Unconstrained ``z = (η, u, x)`` → ``(E, d, x)`` and ``log |∂(E, d)/∂(η, u)|`` (NumPyro's transforms of the
+    Uniform and positive sites: ``E = E_min + (E_max − E_min) sigmoid(η)``, ``d = exp(u)``)."""
+    eta, u, x = z[0], z[1], z[2:]
+    width = config.e_max - config.e_min
+    ebv = config.e_min + width * jax.nn.sigmoid(eta)
+    log_jac = math.log(width) + jax.nn.log_sigmoid(eta) + jax.nn.log_sigmoid(-eta) + u
+    return ebv, jnp.exp(u), x, log_jac
 
 
-def _distance_box(model, star, config: FlowerPosteriorConfig):
-    """``(ln d_lo, ln d_hi)`` of the coarse grid: photometric range ∩ parallax range (when informative)."""
+def log_joint(model, params, star: dict, ebv, distance, x, config: FlowerPosteriorConfig) -> jax.Array:
+    """Eq. 16, unnormalised: ``log p(E, d, x, data)`` for one star (``x`` is ``(dim,)`` or ``(K, dim)``)."""
+    mu = _modulus(distance)
+    R, Z = galactocentric_rz(star["l"], star["b"], distance)
+    inside = (ebv >= config.e_min) & (ebv <= config.e_max)
+    lp = (
+        jnp.where(inside, -math.log(config.e_max - config.e_min), -jnp.inf)
+        + log_prior_generalized_gamma(distance, star["prior_length"], star["prior_alpha"], star["prior_beta"])
+        + model.log_density(params, x, R, Z)
+        + _photometric_log_likelihood(model.features, star, ebv, mu, x)
+        + _parallax_term(star, distance)
+        + _log_truncation_and_selection(model.features, star, mu, x, config)
+    )
+    return lp
+
+
+def log_joint_unconstrained(model, params, star: dict, z, config: FlowerPosteriorConfig) -> jax.Array:
+    """Eq. 16 at the unconstrained point ``z = (η, ln d, x)`` with the Jacobian: the negative of NumPyro's
+    potential energy of :func:`flower_star_model` (tested), written out so it can be differentiated twice cheaply."""
+    ebv, d, x, log_jac = _unpack(z, config)
+    mu = _modulus(d)
+    R, Z = galactocentric_rz(star["l"], star["b"], d)
+    lp = (
+        -math.log(config.e_max - config.e_min)
+        + log_prior_generalized_gamma(d, star["prior_length"], star["prior_alpha"], star["prior_beta"])
+        + model.log_density(params, x, R, Z)
+        + _photometric_log_likelihood(model.features, star, ebv, mu, x)
+        + _parallax_term(star, d)
+        + _log_truncation_and_selection(model.features, star, mu, x, config)
+    )
+    return lp + log_jac
+
+
+def _starts(model, star, config):
+    """Newton starting points ``(S, 2 + dim)``: E ∈ ``start_ebv`` × three distances (a good parallax's, else the
+    photometric distances for ``M_lead`` at the flow's mean ± 1.2 std), ``x`` the photometric ``x̂`` there."""
     dtype = star["mag"].dtype
-    if config.absmag_range is not None:
-        m_lo, m_hi = config.absmag_range
-    else:
-        m_lo = model.x_shift[0] - config.absmag_sigma * model.x_scale[0]
-        m_hi = model.x_shift[0] + config.absmag_sigma * model.x_scale[0]
-    x0 = _x_hat(model, star, jnp.asarray(0.0, dtype), jnp.asarray(0.0, dtype), 1)
-    a_hi = jnp.maximum(model.features.extinction(jnp.asarray(config.e_max, dtype), x0)[0], 0.0)
-    a_lo = jnp.minimum(model.features.extinction(jnp.asarray(config.e_min, dtype), x0)[0], 0.0)
-    mu_lo = star["mag"][0] - a_hi - m_hi - 0.5
-    mu_hi = star["mag"][0] - a_lo - m_lo + 0.5
-    ln_lo_phot = (mu_lo / 5.0 + 1.0) * _LN10
-    ln_hi_phot = (mu_hi / 5.0 + 1.0) * _LN10
+    width = config.e_max - config.e_min
     plx = star["parallax"] - star["parallax_zero_point"]
-    sig = star["parallax_error"]
-    informative = star["has_parallax"] & (plx > 3.0 * sig)
-    ln_lo_plx = jnp.where(informative, jnp.log(1000.0 / (plx + 6.0 * sig)), -jnp.inf)
-    upper_plx = plx - 6.0 * sig
-    ln_hi_plx = jnp.where(
-        informative & (upper_plx > 0), jnp.log(1000.0 / jnp.where(upper_plx > 0, upper_plx, 1.0)), jnp.inf
-    )
-    # the parallax box when informative (intersected with the photometric one unless that leaves nothing: the
-    # photometric range is only a heuristic of the flow's absolute-magnitude range), else the photometric box
-    lo_both = jnp.maximum(ln_lo_phot, ln_lo_plx)
-    hi_both = jnp.minimum(ln_hi_phot, ln_hi_plx)
-    overlap = hi_both > lo_both + 0.05
-    lo = jnp.where(informative, jnp.where(overlap, lo_both, ln_lo_plx), ln_lo_phot)
-    hi = jnp.where(
-        informative, jnp.where(overlap, hi_both, jnp.minimum(ln_hi_plx, math.log(config.d_max))), ln_hi_phot
-    )
-    lo = jnp.clip(lo, math.log(config.d_min), math.log(config.d_max) - 0.1)
-    hi = jnp.clip(hi, lo + 0.1, math.log(config.d_max))
-    return lo, hi
+    good = star["has_parallax"] & (plx > 5.0 * star["parallax_error"])
+    d_plx = 1000.0 / jnp.where(good, plx, 1.0)
+    shift0, scale0 = model.x_shift[0], model.x_scale[0]
+    out = []
+    for e0 in config.start_ebv:
+        ebv = jnp.asarray(e0, dtype)
+        a_lead = model.features.extinction(ebv, _x_hat(model, star, ebv, jnp.asarray(10.0, dtype), 1))[0]
+        for k, factor in enumerate((-1.2, 0.0, 1.2)):
+            mu_phot = star["mag"][0] - a_lead - (shift0 + factor * scale0)
+            d_phot = 10.0 ** (mu_phot / 5.0 + 1.0)
+            d = jnp.clip(jnp.where(good, d_plx * (1.0 + 0.1 * (k - 1)), d_phot), config.d_min, config.d_max)
+            x = _x_hat(model, star, ebv, _modulus(d), config.fixed_point_iterations)
+            frac = jnp.clip((e0 - config.e_min) / width, 0.02, 0.98)
+            out.append(jnp.concatenate([jnp.stack([jnp.log(frac / (1 - frac)), jnp.log(d)]).astype(dtype), x]))
+    return jnp.stack(out)
 
 
-def _log_post_grid(model, params, star, chol, e_grid, u_grid, eps, config):
-    """Unnormalised ``log p(E, ln d | data)`` on the product grid and the importance ESS per node."""
-    prior_e = -math.log(config.e_max - config.e_min)
-
-    def node(ebv, u):
-        d = jnp.exp(u)
-        res = _log_marginal(model, params, star, chol, ebv, d, eps, config)
-        lp = (
-            res.log_marginal
-            + log_prior_generalized_gamma(d, star["prior_length"], star["prior_alpha"], star["prior_beta"])
-            + u  # Jacobian of the ln d grid
-            + _parallax_term(star, d)
-            + prior_e
-        )
-        return lp, res.ess
-
-    inside = (e_grid >= config.e_min) & (e_grid <= config.e_max)
-    lp, ess = jax.vmap(lambda e: jax.vmap(lambda u: node(e, u))(u_grid))(e_grid)
-    lp = jnp.where(inside[:, None] & jnp.isfinite(lp), lp, -jnp.inf)
-    return lp, ess
+def _precision(hess, floor):
+    """``−∇²`` symmetrised, negative eigenvalues clipped to 0, plus a diagonal floor (proper in every direction)."""
+    h = -0.5 * (hess + hess.T)
+    w, v = jnp.linalg.eigh(h)
+    return (v * jnp.maximum(w, 0.0)) @ v.T + jnp.diag(floor)
 
 
-def _zoom(grid, log_marg, lo_bound, hi_bound):
-    """Fine-grid bounds: the marginal's 1e-4 … 1 − 1e-4 quantiles widened by one coarse cell, clipped."""
-    q = grid_posterior_1d(grid, log_marg, (1e-4, 1.0 - 1e-4)).quantiles
-    cell = grid[1] - grid[0]
-    lo = jnp.clip(q[0] - cell, lo_bound, hi_bound)
-    hi = jnp.clip(q[1] + cell, lo_bound, hi_bound)
-    hi = jnp.maximum(hi, jnp.minimum(lo + cell, hi_bound))
-    lo = jnp.minimum(lo, hi - cell)
-    return lo, hi
+def _newton(f, z0, floor, steps):
+    """Damped Newton ascent of ``f`` from ``z0`` (trust region of 3 units in the local metric, step halving)."""
+    grad_f, hess_f = jax.grad(f), jax.hessian(f)
+
+    def body(z, _):
+        g = grad_f(z)
+        prec = _precision(hess_f(z), floor)
+        step = jnp.linalg.solve(prec, g)
+        size = jnp.sqrt(jnp.maximum(jnp.dot(g, step), 0.0))
+        step = step * jnp.minimum(1.0, 3.0 / jnp.maximum(size, 1e-12))
+        cands = z[None, :] + jnp.array([1.0, 0.3, 0.05])[:, None] * step[None, :]
+        vals = jax.vmap(f)(cands)
+        vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
+        best = jnp.argmax(vals)
+        better = vals[best] > f(z)
+        return jnp.where(better & jnp.all(jnp.isfinite(step)), cands[best], z), None
+
+    z, _ = jax.lax.scan(body, z0, None, length=steps)
+    return z
+
+
+def _weighted_quantiles(values, weights, levels):
+    order = jnp.argsort(values)
+    v, w = values[order], weights[order]
+    cdf = jnp.cumsum(w) - 0.5 * w
+    return jnp.interp(jnp.asarray(levels), cdf, v)
 
 
 def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
+    """Fast path for one star (see the module docstring): joint mode → (E, ln d) grid of Laplace marginals over x."""
     dtype = star["mag"].dtype
-    dim = model.features.dim
-    k_eps, k_samples = jax.random.split(key)
-    eps = jax.random.normal(k_eps, (config.n_draws, dim), dtype)
-    chol = _proposal_cholesky(model, star, config.missing_scale)
-
-    # coarse: full reddening prior, photometric ∩ parallax distance range
-    u_lo, u_hi = _distance_box(model, star, config)
-    e_c = jnp.linspace(config.e_min, config.e_max, config.n_e_coarse, dtype=dtype)
-    u_c = jnp.linspace(u_lo, u_hi, config.n_d_coarse).astype(dtype)
-    lp_c, _ = _log_post_grid(model, params, star, chol, e_c, u_c, eps[: config.n_draws_coarse], config)
-    peak = jnp.max(lp_c)
-    dens = jnp.exp(lp_c - peak)
-    marg_e = jnp.log(jnp.sum(dens * _trapezoid(u_c)[None, :], axis=1))
-    marg_u = jnp.log(jnp.sum(dens * _trapezoid(e_c)[:, None], axis=0))
-    e_lo, e_hi = _zoom(e_c, marg_e, config.e_min, config.e_max)
-    f_lo, f_hi = _zoom(u_c, marg_u, math.log(config.d_min), math.log(config.d_max))
-
-    # fine
-    e_f = jnp.linspace(e_lo, e_hi, config.n_e).astype(dtype)
-    u_f = jnp.linspace(f_lo, f_hi, config.n_d).astype(dtype)
-    lp, ess = _log_post_grid(model, params, star, chol, e_f, u_f, eps, config)
-    g = grid_posterior_2d(e_f, u_f, lp, config.quantiles)
-
-    # distance moments in d (grid in ln d, Jacobian already in lp)
-    w = jnp.exp(jnp.where(jnp.isfinite(lp), lp - jnp.max(lp), -jnp.inf)) * (
-        _trapezoid(e_f)[:, None] * _trapezoid(u_f)[None, :]
+    floor = jnp.concatenate(
+        [jnp.array([0.01, 0.01], dtype), 1.0 / (config.missing_scale * jnp.asarray(model.x_scale, dtype)) ** 2]
     )
-    p = w / jnp.sum(w)
-    d_f = jnp.exp(u_f)
-    p_u = jnp.sum(p, axis=0)
-    d_mean = jnp.sum(p_u * d_f)
-    d_std = jnp.sqrt(jnp.sum(p_u * (d_f - d_mean) ** 2))
+    floor_x = floor[2:]
+
+    def f(z):
+        return log_joint_unconstrained(model, params, star, z, config)
+
+    # 1. the joint mode over (η, ln d, x): best Laplace evidence over several damped-Newton starts (vmapped)
+    modes = jax.vmap(lambda z0: _newton(f, z0, floor, config.newton_steps))(_starts(model, star, config))
+    log_p = jax.vmap(f)(modes)
+    precs = jax.vmap(lambda z: _precision(jax.hessian(f)(z), floor))(modes)
+    log_ev = log_p - 0.5 * jnp.linalg.slogdet(precs)[1]
+    best = jnp.argmax(jnp.where(jnp.isfinite(log_ev), log_ev, -jnp.inf))
+    z_star, prec = modes[best], precs[best]
+    width = config.e_max - config.e_min
+    gain = jnp.linalg.solve(prec[2:, 2:], prec[2:, :2])  # x given (η, u) from the joint Gaussian
+
+    def x_joint(ebv, u):
+        frac = jnp.clip((ebv - config.e_min) / width, 1e-6, 1 - 1e-6)
+        return z_star[2:] - gain @ (jnp.stack([jnp.log(frac / (1 - frac)), u]) - z_star[:2])
+
+    # 2. the grid: E over the whole prior, ln d around the mode (± distance_sigmas Laplace σ, at least ±0.7)
+    cov_a = jnp.linalg.inv(prec)[:2, :2]
+    half = jnp.maximum(config.distance_sigmas * jnp.sqrt(cov_a[1, 1]), config.min_log_distance_halfwidth)
+    u_lo = jnp.clip(z_star[1] - half, math.log(config.d_min), math.log(config.d_max) - 0.1)
+    u_hi = jnp.clip(z_star[1] + half, u_lo + 0.1, math.log(config.d_max))
+    e_grid = jnp.linspace(config.e_min, config.e_max, config.n_e).astype(dtype)
+    u_grid = jnp.linspace(u_lo, u_hi, config.n_d).astype(dtype)
+
+    # 3. Laplace marginal over x at every node: Newton step(s) in x from the joint-Gaussian prediction, then
+    #    log ∫ p dx ≈ log p(x*) − ½ log det(−∇²) + (dim/2) log 2π (+ ln d: the Jacobian of the ln d grid)
+    def laplace_at(e, u):
+        d = jnp.exp(u)
+
+        def g(x):
+            return log_joint(model, params, star, e, d, x, config)
+
+        x = x_joint(e, u)
+        for _ in range(config.node_newton_steps):
+            p = _precision(jax.hessian(g)(x), floor_x)
+            step = jnp.linalg.solve(p, jax.grad(g)(x))
+            x = jnp.where(jnp.all(jnp.isfinite(step)) & (g(x + step) > g(x)), x + step, x)
+        p = _precision(jax.hessian(g)(x), floor_x)
+        return g(x) + u - 0.5 * jnp.linalg.slogdet(p)[1] + 0.5 * x.shape[0] * math.log(2 * math.pi)
+
+    log_post = jax.vmap(lambda e: jax.vmap(lambda u: laplace_at(e, u))(u_grid))(e_grid)  # (n_e, n_d)
+    log_post = jnp.where(jnp.isfinite(log_post), log_post, -jnp.inf)
+
+    # 4. summaries: grid_posterior_2d in (E, ln d); distance moments in d
+    g = grid_posterior_2d(e_grid, u_grid, log_post, config.quantiles)
+    wts = jnp.exp(log_post - jnp.max(log_post)) * (_trapezoid(e_grid)[:, None] * _trapezoid(u_grid)[None, :])
+    p_u = jnp.sum(wts, axis=0) / jnp.sum(wts)
+    d_grid = jnp.exp(u_grid)
+    d_mean = jnp.sum(p_u * d_grid)
+    d_std = jnp.sqrt(jnp.sum(p_u * (d_grid - d_mean) ** 2))
     d_q = jnp.exp(g.quantiles[1])
-
-    # diagnostics
-    has_mass = lp >= jnp.max(lp) + math.log(config.mass_fraction)
-    min_ess = jnp.min(jnp.where(has_mass, ess, jnp.inf))
-    tol = 1e-6 * (config.e_max - config.e_min)
-    e_lo_free = e_f[0] > config.e_min + tol
-    e_hi_free = e_f[-1] < config.e_max - tol
-    edge = (
-        jnp.where(e_lo_free, jnp.sum(p[0]), 0.0)
-        + jnp.where(e_hi_free, jnp.sum(p[-1]), 0.0)
-        + jnp.sum(p[:, 0])
-        + jnp.sum(p[:, -1])
-    )
+    edge = p_u[0] + p_u[-1]  # mass on the distance edges (E spans its whole prior)
     if hasattr(model, "in_coverage"):
         d_check = jnp.stack([d_q[0], d_q[len(config.quantiles) // 2], d_q[-1]])
         R, Z = galactocentric_rz(star["l"], star["b"], d_check)
         covered = jnp.all(model.in_coverage(R, Z))
     else:
         covered = jnp.asarray(True)
-
+    e_std = jnp.sqrt(g.cov[0, 0])
     out = {
         "ebv_mean": g.mean[0],
-        "ebv_std": jnp.sqrt(g.cov[0, 0]),
+        "ebv_std": e_std,
         "ebv_quantiles": g.quantiles[0],
         "distance_mean": d_mean,
         "distance_std": d_std,
         "distance_quantiles": d_q,
         "ebv_logd_corr": g.cov[0, 1] / jnp.sqrt(g.cov[0, 0] * g.cov[1, 1]),
         "log_evidence": g.log_evidence,
-        "importance_ess": min_ess,
         "edge_mass": edge,
         "covered": covered,
-        "unresolved": (jnp.sqrt(g.cov[0, 0]) < 1.5 * (e_f[1] - e_f[0]))
-        | (jnp.sqrt(g.cov[1, 1]) < 1.5 * (u_f[1] - u_f[0])),
+        "unresolved": (e_std < 1.5 * (e_grid[1] - e_grid[0]))
+        | (jnp.sqrt(g.cov[1, 1]) < 1.5 * (u_grid[1] - u_grid[0])),
     }
     if config.n_samples:
-        s = sample_grid_posterior_2d(k_samples, e_f, u_f, lp, config.n_samples)
-        out["ebv_samples"] = s[:, 0]
-        out["distance_samples"] = jnp.exp(s[:, 1])
+        smp = sample_grid_posterior_2d(key, e_grid, u_grid, log_post, config.n_samples)
+        out["ebv_samples"] = smp[:, 0]
+        out["distance_samples"] = jnp.exp(smp[:, 1])
     return out
+
+
+def _trapezoid(grid):
+    h = jnp.diff(grid)
+    return jnp.concatenate([h[:1] / 2, (h[1:] + h[:-1]) / 2, h[-1:] / 2])
 
 
 @functools.lru_cache(maxsize=16)
@@ -675,8 +657,8 @@ def flower_posteriors(
     -------
     dict of ndarray (one row per star)
         ``ebv_mean``, ``ebv_std``, ``ebv_q2_5`` … ``ebv_q97_5``, ``distance_mean``, ``distance_std``,
-        ``distance_q2_5`` … ``distance_q97_5``, ``ebv_logd_corr``, ``log_evidence`` (log ∫ p(data, E, d) dE dd),
-        ``importance_ess``, ``edge_mass``, ``flags`` (:data:`FLAGS`), and with ``config.n_samples`` also
+        ``distance_q2_5`` … ``distance_q97_5``, ``ebv_logd_corr``, ``log_evidence`` (log ∫ p(data, E, d, x)),
+        ``edge_mass``, ``flags`` (:data:`FLAGS`), and with ``config.n_samples`` also
         ``ebv_samples`` / ``distance_samples`` ``(n, n_samples)``.  Rows in ``NO_RESULT`` are NaN.
     """
     n = stars.n
@@ -686,7 +668,7 @@ def flower_posteriors(
         flags[dust_pushed(model.features, stars, e_max)] |= FLAGS["dust_pushed"]
     names = [f"q{_percent(q)}" for q in config.quantiles]
     keys_out = ["ebv_mean", "ebv_std", "distance_mean", "distance_std", "ebv_logd_corr", "log_evidence",
-                "importance_ess", "edge_mass"]  # fmt: skip
+                "edge_mass"]  # fmt: skip
     out: dict[str, np.ndarray] = {k: np.full(n, np.nan) for k in keys_out}
     for name in names:
         out[f"ebv_{name}"] = np.full(n, np.nan)
@@ -718,9 +700,9 @@ def flower_posteriors(
             out["distance_samples"][valid] = res["distance_samples"]
         idx = np.flatnonzero(valid)
         bad_fit = ~np.isfinite(res["ebv_mean"]) | ~np.isfinite(res["log_evidence"])
+        flags[idx[bad_fit]] |= FLAGS["low_ess"]
         flags[idx[res["edge_mass"] > config.edge_mass]] |= FLAGS["grid_edge"]
-        flags[idx[(res["importance_ess"] < config.min_ess) | bad_fit]] |= FLAGS["low_ess"]
-        flags[idx[res["covered"] < 0.5]] |= FLAGS["outside_coverage"]
         flags[idx[res["unresolved"] > 0.5]] |= FLAGS["grid_unresolved"]
+        flags[idx[res["covered"] < 0.5]] |= FLAGS["outside_coverage"]
     out["flags"] = flags
     return out

@@ -44,7 +44,7 @@ FLAGS: dict[str, int] = {
     "bad_prior": 1 << 5,  # non-finite or invalid distance-prior parameters: no result
     "outside_coverage": 1 << 6,  # posterior distances leave the training (R, Z) coverage (§2.6, §4.1.3)
     "grid_edge": 1 << 7,  # fast path: posterior mass on a grid edge that is not a prior boundary
-    "low_ess": 1 << 8,  # fast path: importance ESS below threshold where the posterior has mass
+    "low_ess": 1 << 8,  # fast path: the posterior is not finite (no usable result; NaN is not returned as a number)
     "dust_pushed": 1 << 9,  # §2.9.2: star could have entered the catalogue only because of dust (given E_max)
     "nuts_problem": 1 << 10,  # reference path: the NUTS engine flagged the star (see its nuts_flags column)
     "grid_unresolved": 1 << 11,  # fast path: a marginal std below 1.5 fine-grid cells

@@ -1,0 +1,259 @@
+"""FLOWER's validation experiments (O'Callaghan et al., paper 002, §5) on simulated and real stars.
+
+* :func:`zero_extinction_catalog` — simulator stars with no dust at all (the training and validation samples of a
+  simulated §5.1: FLOWER trains on zero-extinction stars).
+* :func:`synthetic_reddening_experiment` — §5.1.1–5.1.2: zero-extinction validation stars reddened by
+  ``E ∈ {0, 0.1, 0.2, 0.3, 0.4}`` through the model's law (:func:`~jaxstars.models.flower.metrics.add_synthetic_reddening`),
+  fast-path posteriors, and per-``E`` metrics (:func:`~jaxstars.models.flower.metrics.reddening_metrics`: mean
+  residual of the posterior-mean ``E``, mean posterior std, 68 % / 95 % interval coverage).
+* :func:`green_low_reddening_stars` — the real-photometry check: stars of the Green et al. (2021) release with
+  ``r < 0.02`` placed on a fixed high-latitude line of sight (the release has no positions; see
+  :data:`GREEN_SIGHT_LINE`), split into training and validation halves.
+* :func:`two_cloud_experiment` — §5.2 analogue: a simulated sight line through
+  :func:`~jaxstars.astro.dust.analytic.flower_two_cloud_map` (clouds at ≈ 370 pc and ≈ 1.7 kpc); posterior-mean
+  ``E`` against posterior-mean distance, and the mean ``E`` before, between and after the clouds.
+* :func:`fast_vs_nuts` — the fast path against the NUTS reference (the paper's sampler settings by default) on the
+  same stars: ``|Δmean| / σ`` and the std ratio of ``E`` and ``d``.
+
+``examples/flower_validation.py`` runs them all and writes ``docs/results/flower_validation.json`` and the figures
+of ``docs/models/flower.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from jaxstars.astro.dust.analytic import CloudsMap, flower_two_cloud_map
+from jaxstars.astro.simulate import simulate_galaxy
+
+from .metrics import add_synthetic_reddening, reddening_metrics
+from .posterior import PAPER_NUTS, FlowerPosteriorConfig, flower_posteriors, nuts_flower_posteriors
+from .stars import prepare_flower_stars
+
+__all__ = [
+    "GREEN_SIGHT_LINE",
+    "SYNTHETIC_EBV",
+    "TWO_CLOUD_SIGHT_LINE",
+    "ZERO_DUST",
+    "fast_vs_nuts",
+    "green_low_reddening_stars",
+    "synthetic_reddening_experiment",
+    "two_cloud_experiment",
+    "zero_extinction_catalog",
+]
+
+#: The synthetic reddening values of §5.1.1.
+SYNTHETIC_EBV = (0.0, 0.1, 0.2, 0.3, 0.4)
+
+#: A 3D map with no dust anywhere (the simulator needs a 3D map): zero-extinction stars.
+ZERO_DUST = CloudsMap(distances_pc=[100.0], ebv=[0.0], ebv_std=[0.0], distance_std_pc=[1.0], name="zero")
+
+#: (l, b) in degrees given to the Green et al. stars, which have no positions: a high-latitude line of sight
+#: (b = 60°) where a low-reddening sample would be drawn; it only sets the flow's (R, Z) context.
+GREEN_SIGHT_LINE = (180.0, 60.0)
+
+#: FLOWER §5.2's two-cloud region (l, b, radius) in degrees.
+TWO_CLOUD_SIGHT_LINE = (104.08, 22.31, 1.0)
+
+_ZP = -0.017  # the simulator's default parallax zero-point (catalogue-bias convention)
+
+
+def zero_extinction_catalog(n: int, seed: int, *, mag_limit: float = 19.0, fields=None):
+    """``n`` simulated Galaxy stars with Gaia + PS1 + 2MASS photometry and no dust (``true_ebv`` = 0)."""
+    return simulate_galaxy(n, key=seed, dust_map=ZERO_DUST, mag_limit=mag_limit, fields=fields)
+
+
+def _posterior_table_metrics(result: dict, truth) -> dict:
+    return reddening_metrics(
+        truth,
+        result["ebv_mean"],
+        result["ebv_std"],
+        result["ebv_q2_5"],
+        result["ebv_q16"],
+        result["ebv_q84"],
+        result["ebv_q97_5"],
+        flags=result["flags"],
+    )
+
+
+def synthetic_reddening_experiment(
+    model,
+    params,
+    table,
+    *,
+    ebvs=SYNTHETIC_EBV,
+    key: int = 0,
+    config: FlowerPosteriorConfig | None = None,
+    parallax_zero_point=_ZP,
+    truth_column: str = "true_ebv",
+) -> dict:
+    """§5.1: redden zero-extinction ``table`` by each ``E`` in ``ebvs``, infer with the fast path, score.
+
+    Parameters
+    ----------
+    model, params : FlowerModel and its parameters.
+    table : astropy Table
+        Validation stars (canonical columns); their known reddening ``E₀`` in ``truth_column`` (absent: 0).
+    ebvs : sequence of float
+        Added reddening values.
+    key : int
+        Fast-path key (the same for every ``E``).
+    config : FlowerPosteriorConfig
+    parallax_zero_point : float or str
+
+    Returns
+    -------
+    dict
+        ``{"per_ebv": [{"ebv": E, **metrics}, ...], "overall": metrics over all rows, "n_stars": n}`` with the
+        metrics of :func:`~jaxstars.models.flower.metrics.reddening_metrics`; ``"results"`` holds the per-``E``
+        posterior columns (``ebv_mean``, ``ebv_std``, ``true_ebv``, flags, colour) for the figures.
+    """
+    cols = ("ebv_mean", "ebv_std", "ebv_q2_5", "ebv_q16", "ebv_q84", "ebv_q97_5", "flags")
+    config = FlowerPosteriorConfig() if config is None else config
+    per, rows = [], {k: [] for k in ("true_ebv", "bp_rp", "mag_G", *cols)}
+    for e in ebvs:
+        reddened = add_synthetic_reddening(model, table, float(e), truth_column=truth_column)
+        stars = prepare_flower_stars(model.features, reddened, parallax_zero_point=parallax_zero_point)
+        res = flower_posteriors(model, params, stars, key, config)
+        truth = np.asarray(reddened["true_ebv"], float)
+        per.append({"ebv": float(e), **_posterior_table_metrics(res, truth)})
+        rows["true_ebv"].append(truth)
+        for k in cols:
+            rows[k].append(res[k])
+        rows["bp_rp"].append(np.asarray(table["mag_BP"], float) - np.asarray(table["mag_RP"], float))
+        rows["mag_G"].append(np.asarray(table["mag_G"], float))
+    cat = {k: np.concatenate(v) for k, v in rows.items()}
+    overall = _posterior_table_metrics(cat, cat["true_ebv"])
+    return {"per_ebv": per, "overall": overall, "n_stars": len(table), "results": cat}
+
+
+def green_low_reddening_stars(max_r: float = 0.02, train_fraction: float = 0.75, seed: int = 0, path=None):
+    """Green et al. (2021) release stars with reddening ``r < max_r`` on :data:`GREEN_SIGHT_LINE`, split in two.
+
+    The release file has no sky positions, so every star gets ``(l, b) = GREEN_SIGHT_LINE`` (only the flow's
+    ``(R, Z)`` context depends on it).  Its ``r`` (SFD-like E(B−V)) is kept as ``true_ebv`` (the known training
+    reddening ``E₀``: :func:`~jaxstars.models.flower.training.flower_training_arrays` takes it with
+    ``ebv="true_ebv"``; :func:`add_synthetic_reddening` adds to it).
+
+    Returns
+    -------
+    (train, validation) : astropy Tables
+    """
+    from jaxstars.astro.catalog_io import read_green2020
+
+    table = read_green2020(path)
+    table = table[np.asarray(table["r"], float) < max_r]
+    table["l"] = np.full(len(table), GREEN_SIGHT_LINE[0])
+    table["b"] = np.full(len(table), GREEN_SIGHT_LINE[1])
+    table["true_ebv"] = np.asarray(table["r"], float)
+    perm = np.random.default_rng(seed).permutation(len(table))
+    n_train = round(train_fraction * len(table))
+    return table[np.sort(perm[:n_train])], table[np.sort(perm[n_train:])]
+
+
+def two_cloud_experiment(
+    model,
+    params,
+    n: int,
+    *,
+    seed: int = 7,
+    key: int = 0,
+    mag_limit: float = 19.0,
+    config: FlowerPosteriorConfig | None = None,
+) -> dict:
+    """§5.2 analogue: stars simulated on the two-cloud sight line, fast-path posteriors, the two steps.
+
+    Returns
+    -------
+    dict
+        ``cloud_distances_pc``, ``cloud_ebv``; ``bins``: mean posterior-mean ``E`` (and its standard error, n) of
+        unflagged stars by posterior-mean distance before the first cloud, between the clouds and beyond the
+        second (edges at the clouds' distances ± 2σ of their distance spread); ``steps``: the differences of
+        those means (truth: the clouds' E(B−V)); ``results``: per-star ``distance_mean``, ``ebv_mean``,
+        ``ebv_std``, ``true_distance``, ``true_ebv``, ``flags`` for the figure.
+    """
+    config = FlowerPosteriorConfig() if config is None else config
+    dmap = flower_two_cloud_map()
+    table = simulate_galaxy(n, key=seed, fields=[TWO_CLOUD_SIGHT_LINE], dust_map=dmap, mag_limit=mag_limit)
+    stars = prepare_flower_stars(model.features, table, parallax_zero_point=_ZP)
+    res = flower_posteriors(model, params, stars, key, config)
+    d1, d2 = 370.0, 1695.0
+    s1, s2 = 24.0, 445.0
+    edges = [(0.0, d1 - 2 * s1), (d1 + 2 * s1, d2 - 2 * s2), (d2 + 2 * s2, np.inf)]
+    good = np.isfinite(res["ebv_mean"]) & ((res["flags"] & _FAST_PROBLEMS) == 0)
+    bins = []
+    for lo, hi in edges:
+        sel = good & (res["distance_mean"] >= lo) & (res["distance_mean"] < hi)
+        e = res["ebv_mean"][sel]
+        bins.append(
+            {
+                "d_lo": lo,
+                "d_hi": None if not np.isfinite(hi) else hi,
+                "n": int(sel.sum()),
+                "mean_ebv": float(e.mean()) if e.size else None,
+                "sem_ebv": float(e.std(ddof=1) / np.sqrt(e.size)) if e.size > 1 else None,
+                "mean_true_ebv": float(np.mean(np.asarray(table["true_ebv"])[sel])) if e.size else None,
+            }
+        )
+    steps = [
+        None if a["mean_ebv"] is None or b["mean_ebv"] is None else b["mean_ebv"] - a["mean_ebv"]
+        for a, b in itertools.pairwise(bins)
+    ]
+    return {
+        "cloud_distances_pc": [d1, d2],
+        "cloud_ebv": [0.16, 0.03],
+        "n_stars": int(n),
+        "n_used": int(good.sum()),
+        "bins": bins,
+        "steps": steps,
+        "results": {
+            "distance_mean": res["distance_mean"],
+            "ebv_mean": res["ebv_mean"],
+            "ebv_std": res["ebv_std"],
+            "true_distance": np.asarray(table["true_distance"], float),
+            "true_ebv": np.asarray(table["true_ebv"], float),
+            "flags": res["flags"],
+        },
+    }
+
+
+def _fast_problem_bits() -> int:
+    from .stars import FLAGS
+
+    return FLAGS["grid_edge"] | FLAGS["low_ess"] | FLAGS["grid_unresolved"] | FLAGS["outside_coverage"]
+
+
+_FAST_PROBLEMS = _fast_problem_bits()
+
+
+def fast_vs_nuts(model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None) -> dict:
+    """The fast path against NUTS on the same stars (the issue's criterion: ``|Δmean| < 0.1 σ``, std within 10 %).
+
+    Returns
+    -------
+    dict
+        Per quantity (``ebv``, ``distance``): ``dmean_over_sigma`` (fast − NUTS, in NUTS posterior std) and
+        ``std_ratio`` (fast / NUTS) per star, their medians and maxima, the fraction of stars meeting each
+        criterion; the NUTS diagnostics (divergences, R̂, ESS) and both timings are added by the caller.
+    """
+    config = FlowerPosteriorConfig() if config is None else config
+    fast = flower_posteriors(model, params, stars, key, config)
+    ref = nuts_flower_posteriors(model, params, stars, key + 1, nuts, config)
+    out = {"n_stars": int(stars.n), "nuts": {k: np.asarray(ref[k]) for k in ("n_divergent", "rhat", "ess_bulk")}}
+    ok = np.isfinite(fast["ebv_mean"]) & np.isfinite(ref["ebv_mean"])
+    for name in ("ebv", "distance"):
+        dm = (fast[f"{name}_mean"] - ref[f"{name}_mean"]) / ref[f"{name}_std"]
+        ratio = fast[f"{name}_std"] / ref[f"{name}_std"]
+        out[name] = {
+            "dmean_over_sigma": dm,
+            "std_ratio": ratio,
+            "median_abs_dmean_over_sigma": float(np.median(np.abs(dm[ok]))),
+            "max_abs_dmean_over_sigma": float(np.max(np.abs(dm[ok]))),
+            "fraction_dmean_below_0_1": float(np.mean(np.abs(dm[ok]) < 0.1)),
+            "median_std_ratio": float(np.median(ratio[ok])),
+            "fraction_std_within_10pct": float(np.mean(np.abs(ratio[ok] - 1.0) < 0.1)),
+        }
+    out["fast"], out["reference"] = fast, ref
+    return out
