@@ -47,7 +47,7 @@ FLAGS: dict[str, int] = {
     "low_ess": 1 << 8,  # fast path: the posterior is not finite (no usable result; NaN is not returned as a number)
     "dust_pushed": 1 << 9,  # §2.9.2: star could have entered the catalogue only because of dust (given E_max)
     "nuts_problem": 1 << 10,  # reference path: the NUTS engine flagged the star (see its nuts_flags column)
-    "grid_unresolved": 1 << 11,  # fast path: a marginal std below 1.5 fine-grid cells
+    "grid_unresolved": 1 << 11,  # fast path: a marginal std below half a grid cell
 }
 
 #: Flags meaning "no posterior computed" (results are NaN).
