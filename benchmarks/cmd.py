@@ -58,6 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.timing import CompileClock
+
 RESULTS = Path(__file__).parent / "results" / "cmd.json"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,37 +232,6 @@ def build_models(settings: dict, workdir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------- throughput
 
 
-class _CompileClock:
-    """Seconds JAX spends tracing, lowering and compiling (``jax.monitoring`` duration events) while active."""
-
-    EVENTS = (
-        "/jax/core/compile/jaxpr_trace_duration",
-        "/jax/core/compile/jaxpr_to_mlir_module_duration",
-        "/jax/core/compile/backend_compile_duration",
-    )
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.active = False
-
-    def __call__(self, event, duration, **_):
-        if self.active and event in self.EVENTS:
-            self.seconds += duration
-
-    def __enter__(self):
-        import jax.monitoring
-
-        self.seconds, self.active = 0.0, True
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        import jax.monitoring
-
-        self.active = False
-        jax.monitoring.unregister_event_duration_listener(self)
-
-
 def throughput(model_dir: str, n1: int, n2: int, batch_size: int = 256) -> dict:
     """Time ``distance_posteriors``: a first call on n1 stars (compiles), then a timed call on n2 other stars.
 
@@ -275,7 +246,7 @@ def throughput(model_dir: str, n1: int, n2: int, batch_size: int = 256) -> dict:
     config = PosteriorConfig(batch_size=batch_size)
     times, compile_s = [], []
     for rows in (np.arange(n1), np.arange(n1, n1 + n2)):
-        with _CompileClock() as clock:
+        with CompileClock() as clock:
             t0 = time.perf_counter()
             res = distance_posteriors(model, params, stars.take(rows), key=0, config=config)
             times.append(time.perf_counter() - t0)
@@ -400,7 +371,7 @@ def nuts_baseline(model_dir: str, n_stars: int, *, shipped: bool = True, long_sa
     for j, i in enumerate(picks):
         key = jax.random.PRNGKey(100 + j)
         star = star_arrays(stars, int(i))
-        with _CompileClock() as clock:
+        with CompileClock() as clock:
             t0 = time.perf_counter()
             samples, steps = sampler(star, key)
             samples, steps = np.asarray(samples), np.asarray(steps)
@@ -412,7 +383,7 @@ def nuts_baseline(model_dir: str, n_stars: int, *, shipped: bool = True, long_sa
             "true_distance": float(catalog["true_distance"][i]),
         }
         if shipped:
-            with _CompileClock() as clock:
+            with CompileClock() as clock:
                 t0 = time.perf_counter()
                 shipped_samples = run_nuts(model, params, stars, int(i), key, config=config)
                 shipped_times.append(time.perf_counter() - t0)
