@@ -383,3 +383,45 @@ def test_bad_options(sim, model_dir, tmp_path, capsys):
     assert not (tmp_path / "o.fits").exists()
     assert main(["cmd"]) == 2
     assert "distances" in capsys.readouterr().out
+
+
+def test_photometric_errors_flag(sim, model_dir, single_chunk, tmp_path):
+    """``--photometric-errors`` convolves the CMD density with the catalogue's G/BP/RP errors: the output changes
+    (most for the stars with the largest errors), equals a direct
+    ``distance_posteriors(..., photometric_cov=photometric_covariance(...))`` call, and ``jaxstars infer`` with the
+    same flag writes the same table."""
+    from jaxstars.models.cmd import distance_posteriors, prepare_stars
+    from jaxstars.models.cmd.posterior import photometric_covariance
+
+    _, cat = sim
+    sub = cat[:120]  # the convolution costs 49 density evaluations per grid point: keep the test small
+    path = tmp_path / "sub.parquet"
+    write_catalog(sub, path)
+    out = tmp_path / "phot.parquet"
+    assert _distances(model_dir, path, out, "--photometric-errors", "--quiet") == 0
+    table = Table.read(out)
+    model, params = CMDModel.load(model_dir)
+    stars = prepare_stars(model.features, sub, dust_map="cranmer_gaussian")
+    direct = distance_posteriors(
+        model, params, stars, key=0, photometric_cov=photometric_covariance(model.features, sub)
+    )
+    for name in ("distance_mean", "distance_std", "distance_q16", "distance_q50", "distance_q84", "log_evidence"):
+        np.testing.assert_allclose(np.asarray(table[name]), direct[name], rtol=1e-6, equal_nan=True, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(table["flags"]), direct["flags"])
+    # the flag changes the posteriors, most where the photometric errors are largest
+    plain = np.asarray(single_chunk["distance_mean"])[: len(sub)]
+    ok = np.isfinite(plain)
+    change = np.abs(np.asarray(table["distance_mean"])[ok] / plain[ok] - 1)
+    order = np.argsort(np.asarray(sub["mag_err_BP"])[ok])  # by BP error (the largest photometric error)
+    quarter = len(order) // 4
+    precise, noisy = np.median(change[order[:quarter]]), np.median(change[order[-quarter:]])
+    print("max |Δmean|/mean", change.max(), "median: largest-error quarter", noisy, "smallest", precise)
+    assert change.max() > 0.01
+    assert noisy > 10 * precise
+    # the generic `jaxstars infer` takes the same flag and runs the same job
+    out_infer = tmp_path / "phot_infer.parquet"
+    code = main(["infer", str(model_dir), str(path), "-o", str(out_infer), "--photometric-errors", "--quiet"])
+    assert code == 0
+    infer_table = Table.read(out_infer)
+    for name in table.colnames:
+        np.testing.assert_array_equal(np.asarray(infer_table[name]), np.asarray(table[name]), err_msg=name)

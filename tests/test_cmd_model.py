@@ -50,7 +50,7 @@ from jaxstars.models.cmd.posterior import (
     photometric_quadrature,
     star_arrays,
 )
-from jaxstars.models.cmd.training import parallax_distance_samples
+from jaxstars.models.cmd.training import loss_weights, parallax_distance_samples
 
 ZERO_POINT = -0.029  # Cranmer et al.'s DR2 zero-point: exercised everywhere a parallax enters
 SHIFT3 = (6.0, 1.3, 0.6)
@@ -522,6 +522,36 @@ def test_best_estimates_sigma_p_components(model3):
     np.testing.assert_allclose(np.asarray(est.sigma_p2), sigma_g2 + sigma_colour2, rtol=1e-3)
     # the dust term matters for these stars (otherwise the check above would not test it)
     assert np.all(sigma_colour2 > 1e-3 * sigma_g2)
+
+
+def test_loss_weight_options(model3):
+    """``photometric_variance`` adds each star's tr(Λ diag(σ_m²) Λᵀ) to σ_P² (nothing else changes), and
+    ``loss_weights`` is 1/max(σ_P², floor²)^γ."""
+    model, params = model3
+    rows = main_rows()
+    stars = prepare_stars(model.features, rows)
+    grid = np.asarray(stars.dust.modulus_grid, np.float32)
+    idx = np.array([GOOD["high_snr"], GOOD["mid_snr"], GOOD["low_snr"], GOOD["negative_plx"]])
+    cov = photometric_covariance(model.features, rows)
+    phot_var = np.trace(cov, axis1=1, axis2=2)
+    # by hand for Cranmer's features (G, BP−RP, BP−G): σ_G² + (σ_BP² + σ_RP²) + (σ_BP² + σ_G²)
+    e = {b: np.asarray(rows[f"mag_err_{b}"], np.float64) for b in ("G", "BP", "RP")}
+    np.testing.assert_allclose(phot_var, 2 * e["G"] ** 2 + 2 * e["BP"] ** 2 + e["RP"] ** 2, rtol=1e-10)
+    plain = {k: v[idx] for k, v in training_arrays(stars).items()}
+    with_phot = {k: v[idx] for k, v in training_arrays(stars, phot_var).items()}
+    key = jax.random.PRNGKey(13)
+    estimate = jax.jit(partial(best_estimates, model, n_samples=32, n_iterations=5))
+    a, b = estimate(params, plain, key, grid), estimate(params, with_phot, key, grid)
+    np.testing.assert_allclose(
+        np.asarray(b.sigma_p2) - np.asarray(a.sigma_p2), phot_var[idx], rtol=1e-3, atol=1e-7
+    )
+    np.testing.assert_array_equal(np.asarray(b.features), np.asarray(a.features))
+    sigma_p2 = np.array([1e-6, 1e-4, 0.04, 4.0])
+    np.testing.assert_allclose(np.asarray(loss_weights(sigma_p2, 0.01, 1.0)), [1e4, 1e4, 25.0, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(loss_weights(sigma_p2, 0.01, 0.5)), [100.0, 100.0, 5.0, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(loss_weights(sigma_p2, 0.01, 0.0)), 1.0)
+    with pytest.raises(ValueError, match="photometric_variance"):
+        train_cmd(stars=stars, photometric_variance=True, epochs=1, progress=False)
 
 
 # -------------------------------------------------------------------------------------------- posterior: exact

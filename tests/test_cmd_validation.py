@@ -14,6 +14,7 @@ from jaxstars.models.cmd.validation import (
     cluster_experiment,
     real_data_experiment,
     simulation_experiment,
+    table2_checks,
 )
 
 
@@ -59,11 +60,15 @@ def test_simulation_experiment_full():
 
 
 @pytest.fixture(scope="module")
-def cluster_rows():
+def cluster_report():
     report, *_ = cluster_experiment(seed=0)
     json.dumps(report)
-    rows = report["table2"]["rows"]
-    return {(r["method"], r["snr_cut"]): r for r in rows}
+    return report
+
+
+@pytest.fixture(scope="module")
+def cluster_rows(cluster_report):
+    return {(r["method"], r["snr_cut"]): r for r in cluster_report["table2"]["rows"]}
 
 
 def _standard_error(row):
@@ -75,21 +80,29 @@ def _standard_error(row):
 @pytest.mark.parametrize("cut", [15.0, 50.0])
 @pytest.mark.parametrize("baseline", ["inverse_parallax", "edsd_prior"])
 def test_cluster_centre_closest(cluster_rows, cut, baseline):
-    """Table 2: the model's cluster centre is the closest to 840 pc (within two standard errors of its centre).
+    """Table 2 with the paper's training (noisy field stars): the model's cluster centre is the closest to 840 pc —
+    strictly, except at SNR < 50 against inverse parallax, where it is asserted within two standard errors.
 
-    Tight for SNR < 50 against inverse parallax (dominated there by S/N 15–50 members, nearly unbiased): measured
-    on seed 0, |823.3 − 840| = 16.7 pc against 9.8 + 2 × 3.5 pc. The model's centre sits 1–2 % low (seeds 0/1/2:
-    823/833/841 pc), from the field-trained CMD's lower main sequence (fainter than a solar-metallicity cluster's).
+    Why not strictly there: at SNR < 50 the members have S/N 15–50 and inverse parallax is nearly unbiased
+    (centres 850 / 840 / 845 pc on seeds 0 / 1 / 2, standard error ~8 pc), while a prior learned from the field
+    sits 1–2 % low for this solar-metallicity cluster (model 823 / 833 / 841 pc). The controls in
+    docs/models/cmd.md show the offset comes from the prior's population, not from training: the same field stars
+    without any noise give 825 / 832 / 820 pc, stars of the cluster's own population 840 pc (seed 0). Seed 0:
+    |823.3 − 840| = 16.7 pc against 9.8 + 2 × 3.5 pc.
     """
     model, other = cluster_rows[("model", cut)], cluster_rows[(baseline, cut)]
-    assert model["abs_error"] <= other["abs_error"] + 2.0 * _standard_error(model), (model, other)
+    if cut == 50.0 and baseline == "inverse_parallax":
+        assert model["abs_error"] <= other["abs_error"] + 2.0 * _standard_error(model), (model, other)
+    else:
+        assert model["abs_error"] < other["abs_error"], (model["centre"], other["centre"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cut", [15.0, 50.0])
 @pytest.mark.parametrize("baseline", ["inverse_parallax", "edsd_prior"])
 def test_cluster_spread_smallest(cluster_rows, cut, baseline):
-    """Table 2: the model's cluster component is the narrowest."""
+    """Table 2: the model's cluster component is the narrowest (seeds 0 / 1 / 2 at SNR < 50: 61 / 52 / 53 pc
+    against EDSD 73 / 64 / 69 pc)."""
     model, other = cluster_rows[("model", cut)], cluster_rows[(baseline, cut)]
     assert model["spread"] < other["spread"], (model["spread"], other["spread"])
 
@@ -102,6 +115,22 @@ def test_cluster_photometric_errors_narrow_the_core(cluster_rows, cut):
     σ 61/52/53 pc against 106/85/95 pc)."""
     model, exact = cluster_rows[("model", cut)], cluster_rows[("model_exact_photometry", cut)]
     assert model["spread"] < exact["spread"], (model["spread"], exact["spread"])
+
+
+@pytest.mark.slow
+def test_cluster_criterion_with_the_members_population():
+    """The issue's Table 2 criterion in full — centre closest to 840 pc and spread smallest, against inverse
+    parallax and the EDSD prior, at SNR < 15 and < 50 — when the paper's training (noisy stars, 1/σ_P² weights)
+    sees stars of the cluster's own population (other stars than the test members). Reduced size (~1.5 min);
+    measured on seed 0: centres 856.5 / 843.8 pc, spreads 77 / 49 pc (inverse parallax 867 / 850 pc, EDSD
+    2403 / 864 pc; spreads 216 / 166 and 975 / 73 pc). With a field-trained prior the SNR < 50 centre is not
+    reliably the closest (see test_cluster_centre_closest)."""
+    size = ExperimentSize(n_train=15_000, n_test=0, n_blocks=4, hidden=48, epochs=8)
+    report, *_ = cluster_experiment(size, seed=0, training="cluster_members", comparisons=False)
+    checks = table2_checks(report)
+    for cut, check in checks.items():
+        assert check["centre_closest"], (cut, check["abs_error"])
+        assert check["spread_smallest"], (cut, check["spread"])
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from .training import (
     cranmer_loss,
     default_flow,
     iterate_best_distance,
+    loss_weights,
     train_cmd,
     training_arrays,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "flag_names",
     "gaia_cmd_features",
     "iterate_best_distance",
+    "loss_weights",
     "nuts_distance_posteriors",
     "photometric_covariance",
     "photometric_quadrature",

@@ -197,6 +197,10 @@ class CMDDistances(ChunkProcessor):
         :class:`~jaxstars.inference.NUTSConfig` fields for ``method="nuts"``.
     posterior : dict, optional
         Further :class:`~jaxstars.models.cmd.PosteriorConfig` fields (e.g. ``n_coarse``, ``n_fine``, ``d_max``).
+    photometric_errors : bool
+        Convolve the flow density with each star's G/BP/RP errors (the chunk's ``mag_err_*`` columns, via
+        :func:`~jaxstars.models.cmd.posterior.photometric_covariance`; a missing error counts as 0). Off by
+        default: the paper evaluates the density at the observed photometry.
     """
 
     def __init__(
@@ -211,6 +215,7 @@ class CMDDistances(ChunkProcessor):
         method: str = "grid",
         nuts: dict | None = None,
         posterior: dict | None = None,
+        photometric_errors: bool = False,
     ):
         if method not in ("grid", "nuts"):
             raise CMDCommandError(f"unknown method {method!r}: use 'grid' or 'nuts'")
@@ -226,6 +231,7 @@ class CMDDistances(ChunkProcessor):
         self.method = method
         self.nuts = dict(nuts or {})
         self.posterior = dict(posterior or {})
+        self.photometric_errors = bool(photometric_errors)
         if method == "nuts":
             from jaxstars.inference import NUTSConfig
 
@@ -244,8 +250,10 @@ class CMDDistances(ChunkProcessor):
     def __call__(self, table, row_ids):
         """Output columns for one chunk: summaries, flags (and draws with ``samples > 0``)."""
         from jaxstars.models.cmd import distance_posteriors, nuts_distance_posteriors
+        from jaxstars.models.cmd.posterior import photometric_covariance
 
         stars = self.dust.stars(self.model.features, table)
+        cov = photometric_covariance(self.model.features, table) if self.photometric_errors else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             if self.method == "nuts":
@@ -258,6 +266,7 @@ class CMDDistances(ChunkProcessor):
                     config=self.posterior_config,
                     nuts=self.nuts_config,
                     row_ids=row_ids,
+                    photometric_cov=cov,
                 )
             else:
                 res = distance_posteriors(
@@ -268,6 +277,7 @@ class CMDDistances(ChunkProcessor):
                     prior=self.prior_object,
                     config=self.posterior_config,
                     row_ids=row_ids,
+                    photometric_cov=cov,
                 )
         return _result_table(table, res, self.samples)
 
@@ -285,6 +295,8 @@ class CMDDistances(ChunkProcessor):
         }
         if self.posterior:
             out["posterior"] = dict(sorted(self.posterior.items()))
+        if self.photometric_errors:  # only when on: manifests of earlier runs stay valid
+            out["photometric_errors"] = True
         if self.method == "nuts":
             from jaxstars.inference import NUTSConfig
 

@@ -16,7 +16,7 @@ import numpy as np
 from jaxstars.inference.nuts import NUTSConfig, sample_stars
 
 from .model import NO_RESULT, CMDModel, CMDStars
-from .posterior import PosteriorConfig, distance_model, star_arrays
+from .posterior import PosteriorConfig, distance_model, photometric_quadrature, star_arrays
 
 __all__ = ["nuts_distance_posteriors"]
 
@@ -54,6 +54,7 @@ def nuts_distance_posteriors(
     config: PosteriorConfig | None = None,
     nuts: NUTSConfig | None = None,
     row_ids=None,
+    photometric_cov=None,
 ) -> dict:
     """Distance posteriors for every star by vmapped per-star NUTS on :func:`distance_model`.
 
@@ -73,6 +74,9 @@ def nuts_distance_posteriors(
         Sampler settings; the default is 500 warm-up + 1000 draws, one chain.
     row_ids : array-like of int, optional
         Global row ids (keys), default ``0..n-1``.
+    photometric_cov : array_like, shape (n, F, F), optional
+        Convolve the flow density with each star's photometric noise, as in
+        :func:`~jaxstars.models.cmd.distance_posteriors` (``config.photometric_nodes``/``photometric_axes``).
 
     Returns
     -------
@@ -90,6 +94,13 @@ def nuts_distance_posteriors(
     if n == 0:
         return {"distance_mean": np.zeros(0), "flags": flags}
     data = star_arrays(stars, np.arange(n))
+    if photometric_cov is not None:
+        cov = np.asarray(photometric_cov, dtype=np.float64)
+        if cov.shape != (n, model.dim, model.dim):
+            raise ValueError(f"photometric_cov must have shape {(n, model.dim, model.dim)}, got {cov.shape}")
+        offsets, log_w = photometric_quadrature(cov, config.photometric_nodes, config.photometric_axes)
+        data["phot_offsets"] = jnp.asarray(offsets, dtype=jnp.float32)
+        data["phot_log_weights"] = jnp.asarray(np.broadcast_to(log_w, (n, log_w.size)), dtype=jnp.float32)
     shared = (
         params,
         jnp.asarray(stars.dust.modulus_grid, dtype=jnp.float32),

@@ -104,7 +104,18 @@ def best_estimates(
     var_g = jnp.var(g_i, axis=1) + (k[0] * E_std) ** 2
     var_c = jnp.sum(jnp.where(observed, (k[1:] * E_std[:, None]) ** 2, 0.0), axis=1)
     f = jnp.concatenate([jnp.mean(g_i, axis=1, keepdims=True), colours], axis=1)
-    return BestEstimate(f, var_g + var_c, d_best, E)
+    sigma_p2 = var_g + var_c
+    if "phot_var" in batch:  # optional: the features' photometric variance (not in the paper's σ_P)
+        sigma_p2 = sigma_p2 + batch["phot_var"]
+    return BestEstimate(f, sigma_p2, d_best, E)
+
+
+def loss_weights(sigma_p2, sigma_floor: float = 0.01, weight_power: float = 1.0):
+    """Per-star loss weights ``1 / max(σ_P², σ_floor²)^γ`` (``γ = weight_power``; Cranmer et al. §3.2: γ = 1).
+
+    Returns a jax array (numpy input accepted).
+    """
+    return 1.0 / jnp.maximum(jnp.asarray(sigma_p2), float(sigma_floor) ** 2) ** weight_power
 
 
 def cranmer_loss(
@@ -114,17 +125,19 @@ def cranmer_loss(
     n_samples: int = 32,
     n_iterations: int = 5,
     sigma_floor: float = 0.01,
+    weight_power: float = 1.0,
     train: bool = True,
 ):
     """The training loss ``loss(flow, params, batch, key)`` for :func:`jaxstars.flows.fit` (see module docstring).
 
-    With ``train=False`` the density uses BatchNorm running statistics (validation).
+    Each star's weight is :func:`loss_weights` of its ``σ_P²`` (the paper: ``1/σ_P²``). With ``train=False`` the
+    density uses BatchNorm running statistics (validation).
     """
     grid = np.asarray(modulus_grid, dtype=np.float32)
 
     def loss(flow: Flow, params, batch: dict, key):
         est = best_estimates(model, params, batch, key, grid, n_samples=n_samples, n_iterations=n_iterations)
-        weight = 1.0 / jnp.maximum(est.sigma_p2, sigma_floor**2)
+        weight = loss_weights(est.sigma_p2, sigma_floor, weight_power)
         if train:
             log_p, new_params = model.log_density_train(params, est.features, weight)
         else:
@@ -135,9 +148,13 @@ def cranmer_loss(
     return loss
 
 
-def training_arrays(stars: CMDStars) -> dict:
-    """The dict of per-star arrays the loss reads (dust as mean and σ profiles)."""
-    return {
+def training_arrays(stars: CMDStars, photometric_variance=None) -> dict:
+    """The dict of per-star arrays the loss reads (dust as mean and σ profiles).
+
+    ``photometric_variance`` (optional, shape ``(n,)``): each star's photometric variance of its features, added to
+    ``σ_P²`` (key ``phot_var``; see :func:`train_cmd`).
+    """
+    out = {
         "features": np.asarray(stars.features, dtype=np.float32),
         "n_observed": np.asarray(stars.n_observed, dtype=np.int32),
         "parallax": np.asarray(stars.parallax, dtype=np.float32),
@@ -145,6 +162,9 @@ def training_arrays(stars: CMDStars) -> dict:
         "dust_mean": np.asarray(stars.dust.mean, dtype=np.float32),
         "dust_std": np.asarray(stars.dust.std, dtype=np.float32),
     }
+    if photometric_variance is not None:
+        out["phot_var"] = np.asarray(photometric_variance, dtype=np.float32).reshape(-1)
+    return out
 
 
 def _standardisation(model_features: CMDFeatures, arrays: dict, modulus_grid) -> tuple[tuple, tuple]:
@@ -197,6 +217,8 @@ def train_cmd(
     n_samples: int = 32,
     n_iterations: int = 5,
     sigma_floor: float = 0.01,
+    weight_power: float = 1.0,
+    photometric_variance: bool = False,
     epochs: int = 20,
     batch_size: int = 2048,
     learning_rate: float = 1e-3,
@@ -222,6 +244,11 @@ def train_cmd(
         parallaxes are used as measured.
     n_samples, n_iterations : parallax samples per star (32) and dust iterations (5) in training.
     sigma_floor : floor on σ_P [mag].
+    weight_power : γ of the loss weights ``1/max(σ_P², σ_floor²)^γ`` (:func:`loss_weights`); 1 is the paper's
+        inverse-variance weighting, 0 weights every star equally.
+    photometric_variance : add each star's photometric variance ``tr(Λ diag(σ_m²) Λᵀ)`` (from the table's
+        ``mag_err_*`` columns, :func:`~jaxstars.models.cmd.posterior.photometric_covariance`) to ``σ_P²``. Not in
+        the paper, whose ``σ_P`` holds only the parallax and dust-map variances; needs ``table``.
     epochs, batch_size (2048 as the paper), learning_rate, weight_decay, val_fraction, patience : see
         :func:`jaxstars.flows.fit`.
     key : PRNG key or integer seed.
@@ -234,6 +261,8 @@ def train_cmd(
     are only marginalised at evaluation) are counted in ``flags``/``used`` of the result, never silently dropped.
     """
     features = gaia_cmd_features() if features is None else features
+    if photometric_variance and table is None:
+        raise ValueError("photometric_variance=True needs the catalogue table (its mag_err_* columns)")
     key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
     if stars is None:
         if table is None:
@@ -251,14 +280,24 @@ def train_cmd(
         raise ValueError(f"only {int(used.sum())} usable training stars (flags: {np.bincount(flags)[:8]})")
     if (~used).any():
         warnings.warn(f"train_cmd: {int((~used).sum())} of {used.size} rows not used (see TrainedCMD.flags)")
-    arrays = {k: v[used] for k, v in training_arrays(stars).items()}
+    phot_var = None
+    if photometric_variance:
+        from .posterior import photometric_covariance
+
+        phot_var = np.trace(photometric_covariance(features, table), axis1=1, axis2=2)
+    arrays = {k: v[used] for k, v in training_arrays(stars, phot_var).items()}
     grid = np.asarray(stars.dust.modulus_grid, dtype=np.float32)
     shift, scale = _standardisation(features, arrays, grid)
     flow = default_flow(features.dim, triangular=features.dim > features.n_required) if flow is None else flow
     model = CMDModel(features, flow, shift, scale, float(zero_point))
     k_init, k_fit, k_floor = jax.random.split(key, 3)
     params = jax.jit(model.init)(k_init) if params is None else params
-    opts = {"n_samples": n_samples, "n_iterations": n_iterations, "sigma_floor": sigma_floor}
+    opts = {
+        "n_samples": n_samples,
+        "n_iterations": n_iterations,
+        "sigma_floor": sigma_floor,
+        "weight_power": weight_power,
+    }
     result = fit(
         flow,
         arrays,
@@ -276,7 +315,9 @@ def train_cmd(
     )
     params = result.params
     if recalibrate:
-        params = recalibrate_cmd_batchnorm(model, params, arrays, grid, k_floor, n_iterations, sigma_floor)
+        params = recalibrate_cmd_batchnorm(
+            model, params, arrays, grid, k_floor, n_iterations, sigma_floor, weight_power=weight_power
+        )
     floor = training_log_density_floor(model, params, arrays, grid, k_floor, n_iterations=n_iterations)
     model = CMDModel(
         features,
@@ -292,6 +333,8 @@ def train_cmd(
             "n_samples": n_samples,
             "n_iterations": n_iterations,
             "sigma_floor": sigma_floor,
+            "weight_power": weight_power,
+            "photometric_variance": bool(photometric_variance),
         },
     )
     return TrainedCMD(model, params, result, used, flags)
@@ -315,15 +358,16 @@ def batched_best_estimates(model, params, arrays: dict, modulus_grid, key, *, n_
 
 
 def recalibrate_cmd_batchnorm(
-    model, params, arrays, modulus_grid, key, n_iterations=5, sigma_floor=0.01, max_stars=50_000
+    model, params, arrays, modulus_grid, key, n_iterations=5, sigma_floor=0.01, max_stars=50_000, weight_power=1.0
 ):
-    """BatchNorm running statistics from (up to ``max_stars``) training stars' best estimates, 1/σ_P²-weighted."""
+    """BatchNorm running statistics from (up to ``max_stars``) training stars' best estimates, weighted as in the
+    loss (:func:`loss_weights`)."""
     n = len(arrays["parallax"])
     if n > max_stars:
         pick = np.asarray(jax.random.choice(jax.random.fold_in(key, 1), n, (max_stars,), replace=False))
         arrays = {k: v[pick] for k, v in arrays.items()}
     est = batched_best_estimates(model, params, arrays, modulus_grid, key, n_iterations=n_iterations)
-    weight = 1.0 / np.maximum(est.sigma_p2, sigma_floor**2)
+    weight = np.asarray(loss_weights(est.sigma_p2, sigma_floor, weight_power))
     x = (est.features - np.asarray(model.shift)) / np.asarray(model.scale)
     return recalibrate_batchnorm(model.flow, params, x.astype(np.float32), weight=weight.astype(np.float32))
 
