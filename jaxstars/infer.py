@@ -22,16 +22,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxstars.cli_support import CommandError, guarded
+
 __all__ = ["MODEL_KINDS", "InferError", "InferenceJob", "ModelKind", "add_infer_arguments", "run_inference"]
 
 
-class InferError(Exception):
+class InferError(CommandError):
     """An input problem reported by ``jaxstars infer`` as a one-line message (exit code 2).
 
     Model kinds raise it (or a subclass, e.g. :class:`~jaxstars.models.cmd.cli.CMDCommandError`) for bad options
@@ -155,8 +155,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ after the merge")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     scale = parser.add_argument_group("scale-out (Dask)")
-    scale.add_argument("--dask", type=int, default=None, metavar="N", help="run chunks on a local cluster of N workers")
-    scale.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run chunks on an existing Dask cluster")
+    scale.add_argument(
+        "--dask", type=int, default=None, metavar="N", help="run chunks on a local cluster of N workers"
+    )
+    scale.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="run chunks on an existing Dask cluster"
+    )
     nuts = parser.add_argument_group("NUTS (--method nuts)")
     nuts.add_argument("--num-warmup", type=int, default=500, help="warm-up iterations per chain (default: 500)")
     nuts.add_argument("--num-draws", type=int, default=1000, help="kept draws per chain (default: 1000)")
@@ -166,7 +170,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for kind in MODEL_KINDS:
         _, add_arguments, _ = kind.hooks()
         add_arguments(parser.add_argument_group(f"{kind.name} models ({kind.summary})"))
-    parser.set_defaults(func=_guarded)
+    parser.set_defaults(func=lambda args: guarded("jaxstars infer", _infer, args))
     return parser
 
 
@@ -179,24 +183,6 @@ def nuts_settings(args: argparse.Namespace) -> dict:
         "target_accept_prob": args.target_accept,
         "batch_size": args.batch_size,
     }
-
-
-def _guarded(args: argparse.Namespace) -> int:
-    from jaxstars.astro.schema import MissingColumnsError
-    from jaxstars.flows.io import FlowFileError
-
-    try:
-        return _infer(args)
-    except (InferError, FlowFileError, MissingColumnsError, FileNotFoundError, FileExistsError) as err:
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = str(err)
-    except (ValueError, OSError, ImportError) as err:
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = f"{type(err).__name__}: {err}"
-    print(f"jaxstars infer: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
 
 
 def _infer(args: argparse.Namespace) -> int:

@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -54,6 +53,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxstars.cli_support import (
+    arguments_json,
+    guarded,
+    jsonable,
+    no_subcommand,
+    plot_loss,
+    probe_canonical,
+    progress_bar,
+    require_file,
+)
 
 __all__ = ["CMDCommandError", "add_cmd_arguments", "parse_prior"]
 
@@ -92,7 +102,7 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
         "distance posteriors, evaluate them.",
     )
     sub = cmd.add_subparsers(dest="cmd_command")
-    cmd.set_defaults(func=lambda args: _no_subcommand(cmd))
+    cmd.set_defaults(func=lambda args: no_subcommand(cmd))
 
     train = sub.add_parser("train", help="train the colour–magnitude flow on a catalog")
     train.add_argument("--catalog", required=True, help="training catalog (FITS, Parquet, CSV, HDF5, VOTable)")
@@ -115,7 +125,7 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(func=lambda args: _guarded("train", _train, args))
+    train.set_defaults(func=lambda args: guarded("jaxstars cmd train", _train, args))
 
     dist = sub.add_parser("distances", help="per-star distance posteriors for a catalog, streamed in chunks")
     dist.add_argument("--model", required=True, help="model folder (or model.npz) written by 'jaxstars cmd train'")
@@ -133,7 +143,7 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
     dist.add_argument(
         "--keep-parts", action="store_true", help="keep the per-block results in OUT.parts/ after merging"
     )
-    dist.set_defaults(func=lambda args: _guarded("distances", _distances, args))
+    dist.set_defaults(func=lambda args: guarded("jaxstars cmd distances", _distances, args))
 
     ev = sub.add_parser(
         "evaluate", help="posteriors + metrics (Cranmer et al. Table 1; accuracy when truth is known)"
@@ -148,7 +158,7 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
         default=1000.0,
         help="length scale [pc] of the EDSD parallax-only baseline (default: %(default)s)",
     )
-    ev.set_defaults(func=lambda args: _guarded("evaluate", _evaluate, args))
+    ev.set_defaults(func=lambda args: guarded("jaxstars cmd evaluate", _evaluate, args))
     return cmd
 
 
@@ -197,38 +207,7 @@ def _add_photometric_errors_argument(parser) -> None:
     )
 
 
-def _no_subcommand(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
-def _guarded(name: str, command, args: argparse.Namespace) -> int:
-    """Run ``command(args)``; input errors become ``jaxstars cmd NAME: error: …`` on stderr and exit code 2."""
-    from jaxstars.astro.schema import MissingColumnsError
-    from jaxstars.flows.io import FlowFileError
-
-    try:
-        return command(args)
-    except (CMDCommandError, FlowFileError, MissingColumnsError, FileNotFoundError, FileExistsError) as err:
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = str(err)
-    except (ValueError, OSError, ImportError) as err:  # unreadable catalogs, bad option values
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = f"{type(err).__name__}: {err}"
-    print(f"jaxstars cmd {name}: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _require_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} not found")
-    return path
 
 
 def _probe_photometry(raw, catalog: Path, bands=_GAIA_BANDS, need_positions: bool = False) -> None:
@@ -240,29 +219,9 @@ def _probe_photometry(raw, catalog: Path, bands=_GAIA_BANDS, need_positions: boo
     :func:`~jaxstars.astro.catalog_io.to_canonical` accepts. (Checking the data instead would confuse a missing
     column with a block of stars that happen to lack the band.)
     """
-    from astropy.table import Table
-
-    from jaxstars.astro.catalog_io import to_canonical
     from jaxstars.astro.schema import mag_column, mag_err_column
 
-    probe = Table()
-    for name in raw.colnames:
-        col = raw[name]
-        kind = col.dtype.kind
-        shape = (1,) + tuple(col.shape[1:])
-        if kind == "f":
-            values = np.full(shape, 10.0, dtype=col.dtype)
-        elif kind in "iu":
-            values = np.ones(shape, dtype=col.dtype)
-        elif kind == "b":
-            values = np.zeros(shape, dtype=bool)
-        else:
-            values = np.zeros(shape, dtype=col.dtype)
-        probe[name] = values
-        probe[name].unit = getattr(col, "unit", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        canonical = to_canonical(probe)
+    canonical = probe_canonical(raw)
     missing = [
         f"{mag_column(b)}/{mag_err_column(b)}"
         for b in bands
@@ -316,39 +275,10 @@ def _flag_counts(flags: np.ndarray) -> dict[str, int]:
     return {name: int(np.count_nonzero(flags & bit)) for name, bit in FLAGS.items()}
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays to Python, non-finite floats to None, Paths to strings."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, (str, type(None))):
-        return value
-    return str(value)
-
-
-def _arguments(args: argparse.Namespace) -> dict:
-    return _jsonable({k: v for k, v in vars(args).items() if k not in ("func",)})
-
-
 def _load_model(path: str):
     from jaxstars.models.cmd import CMDModel
 
-    return CMDModel.load(_require_file(path, "model"))
-
-
-def _progress_bar(total: int | None, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="stars", unit_scale=True, disable=quiet, file=sys.stderr, leave=False)
+    return CMDModel.load(require_file(path, "model"))
 
 
 def _posterior_blocks(
@@ -366,7 +296,7 @@ def _posterior_blocks(
     if args.chunk_rows < 1:
         raise CMDCommandError("--chunk-rows must be at least 1")
     total = count_rows(catalog)
-    with _progress_bar(total, args.quiet, desc) as bar:
+    with progress_bar(total, args.quiet, desc) as bar:
         for start, block in iter_chunks(
             catalog, args.chunk_rows, extra_columns=[*dust.extra_columns(), *extra_columns]
         ):
@@ -393,7 +323,7 @@ def _open_catalog(args: argparse.Namespace, dust: DustSource):
     """Check the catalog before any work: it exists and has G/BP/RP photometry and the columns asked for."""
     from jaxstars.catalog import peek
 
-    catalog = _require_file(args.catalog, "catalog")
+    catalog = require_file(args.catalog, "catalog")
     raw = peek(catalog, 1)
     _probe_photometry(raw, catalog, need_positions=dust.dust_map is not None)
     _check_extra_columns(raw, dust, catalog)
@@ -415,7 +345,7 @@ def _train(args: argparse.Namespace) -> int:
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise CMDCommandError("--lr must be a positive number")
     out = Path(args.out)
-    catalog = _require_file(args.catalog, "catalog")
+    catalog = require_file(args.catalog, "catalog")
     if (out / "model.npz").exists() and not args.overwrite:
         raise FileExistsError(f"{out / 'model.npz'} exists; pass --overwrite to replace it")
     dust = _resolve_dust(args)
@@ -482,22 +412,24 @@ def _train(args: argparse.Namespace) -> int:
             "n_not_used": int((~used).sum()),
             "flag_counts": _flag_counts(trained.flags),
         },
-        "train_loss": _jsonable(np.asarray(fit.train_loss)),
-        "val_loss": _jsonable(np.asarray(fit.val_loss)),
-        "best_epoch": _jsonable(np.asarray(fit.best_epoch)),
+        "train_loss": jsonable(np.asarray(fit.train_loss)),
+        "val_loss": jsonable(np.asarray(fit.val_loss)),
+        "best_epoch": jsonable(np.asarray(fit.best_epoch)),
         "epochs_run": int(fit.epochs_run),
         "stopped_early": bool(fit.stopped_early),
-        "log_density_floor": _jsonable(model.log_density_floor),
+        "log_density_floor": jsonable(model.log_density_floor),
         "elapsed_s": round(elapsed, 3),
         "dust": dust.describe(),
-        "arguments": _arguments(args),
+        "arguments": arguments_json(args),
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    png = _plot_loss(
+    png = plot_loss(
         np.asarray(fit.train_loss),
         np.asarray(fit.val_loss),
         int(np.ravel(fit.best_epoch)[0]),
         out / "loss_curve.png",
+        ylabel="weighted negative log density [nats/star]",
+        title="Cranmer et al. §3.2 loss",
     )
     best = (
         summary["val_loss"][summary["best_epoch"]]
@@ -512,27 +444,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_loss(train_loss: np.ndarray, val_loss: np.ndarray, best_epoch: int, path: Path) -> Path:
-    """Training and validation loss per epoch, best epoch marked (matplotlib, no global backend change)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.add_subplot()
-    epochs = np.arange(1, len(train_loss) + 1)
-    ax.plot(epochs, train_loss, "o-", ms=3, label="training")
-    if len(val_loss):
-        ax.plot(np.arange(1, len(val_loss) + 1), val_loss, "s-", ms=3, label="validation")
-    if 0 <= best_epoch < len(epochs):
-        ax.axvline(best_epoch + 1, color="0.5", ls=":", label=f"best epoch ({best_epoch + 1})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("weighted negative log density [nats/star]")
-    ax.set_title("Cranmer et al. §3.2 loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ distances
 
 
@@ -540,7 +451,7 @@ def _model_file(path: str) -> Path:
     """The ``model.npz`` behind ``--model`` (a folder or the file itself)."""
     from jaxstars.models.cmd.model import MODEL_FILE
 
-    path = _require_file(path, "model")
+    path = require_file(path, "model")
     return path / MODEL_FILE if path.is_dir() else path
 
 
@@ -712,7 +623,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "interval_95": _coverage(truth, data["distance_q2_5"], data["distance_q97_5"]),
         }
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
-    text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(report), indent=2, allow_nan=False)
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(text + "\n")

@@ -49,7 +49,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -57,6 +56,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxstars.cli_support import (
+    arguments_json,
+    guarded,
+    jsonable,
+    no_subcommand,
+    plot_loss,
+    require_file,
+)
 
 from .processor import (
     PRIOR_COLUMNS,
@@ -104,7 +112,7 @@ def add_flower_arguments(subparsers) -> argparse.ArgumentParser:
         "sampled marginal likelihood, and per-star reddening + distance posteriors (O'Callaghan et al.).",
     )
     sub = flower.add_subparsers(dest="flower_command")
-    flower.set_defaults(func=lambda args: _no_subcommand(flower))
+    flower.set_defaults(func=lambda args: no_subcommand(flower))
 
     train = sub.add_parser("train", help="train the FLOWER flow on a catalog of (nearly) zero-extinction stars")
     train.add_argument("--catalog", required=True, help="training catalog (FITS, Parquet, CSV, HDF5, VOTable)")
@@ -164,7 +172,7 @@ def add_flower_arguments(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--max-stars", type=int, default=None, help="train on a random subset of this many rows")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     train.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=lambda args: _guarded("train", _train, args))
+    train.set_defaults(func=lambda args: guarded("jaxstars flower train", _train, args))
 
     infer = sub.add_parser(
         "infer",
@@ -199,7 +207,7 @@ def add_flower_arguments(subparsers) -> argparse.ArgumentParser:
     )
     _add_nuts_arguments(infer.add_argument_group("NUTS (--method nuts)"))
     _add_model_arguments(infer.add_argument_group("FLOWER posterior"))
-    infer.set_defaults(func=lambda args: _guarded("infer", _infer, args))
+    infer.set_defaults(func=lambda args: guarded("jaxstars flower infer", _infer, args))
 
     ev = sub.add_parser(
         "evaluate", help="posteriors + §5.1 reddening metrics (JSON) for a catalog with truth columns"
@@ -228,7 +236,7 @@ def add_flower_arguments(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_nuts_arguments(ev.add_argument_group("NUTS (--method nuts)"))
     _add_model_arguments(ev.add_argument_group("FLOWER posterior"), e_max=False)
-    ev.set_defaults(func=lambda args: _guarded("evaluate", _evaluate, args))
+    ev.set_defaults(func=lambda args: guarded("jaxstars flower evaluate", _evaluate, args))
     return flower
 
 
@@ -300,61 +308,7 @@ def _add_model_arguments(group, e_max: bool = True) -> None:
         )
 
 
-def _no_subcommand(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
-def _guarded(name: str, command, args: argparse.Namespace) -> int:
-    """Run ``command(args)``; input errors become ``jaxstars flower NAME: error: …`` on stderr and exit code 2."""
-    from jaxstars.astro.schema import MissingColumnsError
-    from jaxstars.flows.io import FlowFileError
-
-    try:
-        return command(args)
-    except (FlowerCommandError, FlowFileError, MissingColumnsError, FileNotFoundError, FileExistsError) as err:
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = str(err)
-    except (ValueError, OSError, ImportError) as err:  # unreadable catalogs, bad option values
-        if os.environ.get("JAXSTARS_DEBUG"):
-            raise
-        message = f"{type(err).__name__}: {err}"
-    print(f"jaxstars flower {name}: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _require_file(path, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} not found")
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays to Python, non-finite floats to None, Paths to strings."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, (str, type(None))):
-        return value
-    return str(value)
-
-
-def _arguments(args: argparse.Namespace) -> dict:
-    return _jsonable({k: v for k, v in vars(args).items() if k != "func"})
 
 
 def _features(preset: str):
@@ -461,7 +415,7 @@ def _train(args: argparse.Namespace) -> int:
     if (args.distance is None) != (args.distance_error is None):
         raise FlowerCommandError("--distance and --distance-error go together (q(d) needs a centre and a width)")
     out = Path(args.out)
-    catalog = _require_file(args.catalog, "catalog")
+    catalog = require_file(args.catalog, "catalog")
     if (out / MODEL_FILE).exists() and not args.overwrite:
         raise FileExistsError(f"{out / MODEL_FILE} exists; pass --overwrite to replace it")
     features = _features(args.bands)
@@ -543,7 +497,7 @@ def _train(args: argparse.Namespace) -> int:
         "distance_error_column": distance_error,
         "ebv_column": ebv,
     }
-    model = dataclasses.replace(trained.model, info=_jsonable(info))
+    model = dataclasses.replace(trained.model, info=jsonable(info))
     out.mkdir(parents=True, exist_ok=True)
     model_path = model.save(out, trained.params)
 
@@ -562,17 +516,24 @@ def _train(args: argparse.Namespace) -> int:
             "n_not_used": int(len(table) - n_used),
             "not_used_because": reasons,
         },
-        "train_loss": _jsonable(train_loss),
-        "val_loss": _jsonable(val_loss),
+        "train_loss": jsonable(train_loss),
+        "val_loss": jsonable(val_loss),
         "best_epoch": best_epoch,
         "epochs_run": int(fit.epochs_run),
         "stopped_early": bool(fit.stopped_early),
         "coverage": {"R": model.coverage.get("R"), "Z": model.coverage.get("Z")},
         "elapsed_s": round(elapsed, 3),
-        "arguments": _arguments(args),
+        "arguments": arguments_json(args),
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    png = _plot_loss(train_loss, val_loss, best_epoch, out / "loss_curve.png")
+    png = plot_loss(
+        train_loss,
+        val_loss,
+        best_epoch,
+        out / "loss_curve.png",
+        ylabel="λ log C − log L per star [nats]",
+        title="FLOWER loss (Eq. 22)",
+    )
     best = val_loss[best_epoch] if 0 <= best_epoch < val_loss.size and np.isfinite(val_loss[best_epoch]) else None
     not_used = ", ".join(f"{k} {v}" for k, v in reasons.items())
     print(
@@ -582,26 +543,6 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(f"  wrote {model_path}, {out / 'training.json'} and {png}")
     return 0
-
-
-def _plot_loss(train_loss: np.ndarray, val_loss: np.ndarray, best_epoch: int, path: Path) -> Path:
-    """Training and validation loss per epoch, best epoch marked (matplotlib, no global backend change)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.add_subplot()
-    ax.plot(np.arange(1, len(train_loss) + 1), train_loss, "o-", ms=3, label="training")
-    if len(val_loss):
-        ax.plot(np.arange(1, len(val_loss) + 1), val_loss, "s-", ms=3, label="validation")
-    if 0 <= best_epoch < len(train_loss):
-        ax.axvline(best_epoch + 1, color="0.5", ls=":", label=f"best epoch ({best_epoch + 1})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("λ log C − log L per star [nats]")
-    ax.set_title("FLOWER loss (Eq. 22)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ infer
@@ -645,7 +586,7 @@ def _inference_job(model_path: Path, args: argparse.Namespace, catalog: Path):
     method = _METHODS[getattr(args, "method", "fast")]
     file = model_file(model_path)
     model, _ = load_model(file)
-    catalog = _require_file(catalog, "catalog")
+    catalog = require_file(catalog, "catalog")
     if Path(args.out).resolve() == catalog.resolve():
         raise FlowerCommandError("--out must differ from the catalog")
     raw = peek(catalog, 1)
@@ -686,7 +627,7 @@ def _infer(args: argparse.Namespace) -> int:
         raise FlowerCommandError("give either --dask N or --scheduler ADDRESS, not both")
     if args.dask is not None and args.dask < 1:
         raise FlowerCommandError("--dask needs at least 1 worker")
-    catalog = _require_file(args.catalog, "catalog")
+    catalog = require_file(args.catalog, "catalog")
     job = _inference_job(Path(args.model), args, catalog)
     # the run description `jaxstars infer` gives this job: the two commands are one job (same output bytes, and
     # either one resumes the other's interrupted run)
@@ -772,7 +713,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise FlowerCommandError(f"invalid NUTS settings: {err}") from None
     file = model_file(args.model)
     model, params = load_model(file)
-    catalog = _require_file(args.catalog, "catalog")
+    catalog = require_file(args.catalog, "catalog")
     raw = read_table(catalog)
     _check_photometry(raw, model.features, catalog, all_bands=False)
     options = _posterior_options(args, raw, catalog)
@@ -865,7 +806,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     report["flag_counts"] = {name: int(np.count_nonzero(flags_all & bit)) for name, bit in FLAGS.items()}
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
-    text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(report), indent=2, allow_nan=False)
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(text + "\n")

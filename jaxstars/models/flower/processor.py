@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxstars.catalog.distributed import ChunkProcessor
+from jaxstars.cli_support import probe_canonical
 from jaxstars.infer import InferError
 
 __all__ = [
@@ -192,37 +193,6 @@ def load_model(path: str | os.PathLike):
 
 
 # ------------------------------------------------------------------------------------------------ catalogs
-
-
-def probe_canonical(raw):
-    """The canonical mapping of a one-row copy of ``raw`` with every numeric column set to a valid-looking value.
-
-    A canonical column that is still NaN has no source column under any name
-    :func:`~jaxstars.astro.catalog_io.to_canonical` accepts (checking the data instead would confuse a missing
-    column with stars that happen to lack a value).
-    """
-    from astropy.table import Table
-
-    from jaxstars.astro.catalog_io import to_canonical
-
-    probe = Table()
-    for name in raw.colnames:
-        col = raw[name]
-        kind = col.dtype.kind
-        shape = (1,) + tuple(col.shape[1:])
-        if kind == "f":
-            values = np.full(shape, 10.0, dtype=col.dtype)
-        elif kind in "iu":
-            values = np.ones(shape, dtype=col.dtype)
-        elif kind == "b":
-            values = np.zeros(shape, dtype=bool)
-        else:
-            values = np.zeros(shape, dtype=col.dtype)
-        probe[name] = values
-        probe[name].unit = getattr(col, "unit", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return to_canonical(probe)
 
 
 def present_bands(raw, catalog_bands) -> tuple[str, ...]:
