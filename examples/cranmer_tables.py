@@ -10,8 +10,9 @@ docs page (docs/models/cmd.md) come from this script. Uses :mod:`jaxstars.models
   best a flow can learn of the field CMD; seeds as above), and stars of the cluster's own population, noisy
   (trained as the paper does) and noise-free (first seed only).
 * ``--sweep`` instead runs the training variants (σ_P floor 0.05 mag, tempered weights 1/σ_P, photometric
-  variance in σ_P, 40 epochs, 80,000 training stars) on the same seeds and adds them to the JSON file under
-  ``cluster_sweep`` (keeping the rest of an existing file).
+  variance in σ_P, 40 epochs, 80,000 training stars) on the same seeds
+  and adds them to the JSON file under ``cluster_sweep`` (keeping the rest of an existing file and the variants
+  not re-run; ``--variants`` picks some).
 """
 
 from __future__ import annotations
@@ -107,8 +108,13 @@ def _cluster_runs(size, seeds, training="field", train_options=None, comparisons
 def _sweep(args, clu_size) -> int:
     path = Path(args.out)
     data = json.loads(path.read_text()) if path.exists() else {}
-    sweep = {}
+    sweep = dict(data.get("cluster_sweep", {}))
+    unknown = set(args.variants or ()) - set(SWEEP)
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; known: {sorted(SWEEP)}")
     for name, (options, size_changes) in SWEEP.items():
+        if args.variants and name not in args.variants:
+            continue
         size = ExperimentSize(**{**clu_size.__dict__, **size_changes})
         sweep[name] = {
             "train_options": options,
@@ -134,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cluster-seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 2 seeds")
     parser.add_argument("--no-controls", action="store_true", help="skip the two training-catalogue controls")
     parser.add_argument("--sweep", action="store_true", help="run the training variants only (see docstring)")
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help=f"with --sweep: run only these of {', '.join(SWEEP)}"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         sim_size = ExperimentSize(n_train=10_000, n_test=1_500, n_blocks=4, hidden=48, epochs=8)

@@ -11,6 +11,7 @@ Examples::
     jaxstars infer cmd_model gaia.parquet -o distances.parquet --method nuts --num-chains 2 --samples 100
     jaxstars infer cmd_model gaia_hats/ -o distances.parquet --dask 8          # a HATS catalog, 8 local workers
     jaxstars infer cmd_model gaia.parquet -o distances.parquet --scheduler tcp://head-node:8786
+    jaxstars infer flower_model gaia_ps1.parquet -o dust.parquet                  # FLOWER E(B-V) and distance
 
 Model kinds register here (:data:`MODEL_KINDS`): each one tells whether a path holds its model, adds its own
 options to the command line, and builds an :class:`InferenceJob` (a :class:`~jaxstars.catalog.ChunkProcessor` plus
@@ -137,6 +138,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "  jaxstars infer cmd_model gaia.parquet -o distances.parquet\n"
         "  jaxstars infer cmd_model gaia.parquet -o out.parquet --method nuts --num-chains 2 --samples 100\n"
         "  jaxstars infer cmd_model gaia_hats/ -o out.parquet --dask 4\n"
+        "  jaxstars infer flower_model gaia_ps1.parquet -o dust.parquet   (FLOWER: E(B-V) and distance)\n"
         "An interrupted run resumes when the same command is run again (finished chunks are kept in OUT.parts/)."
     )
     parser.add_argument("model", help="saved model: the folder (or model file) written by a model's train command")
