@@ -32,8 +32,10 @@ from .model import FORMAT, MODEL_FILE, StellarModel, StellarModelError, load_ste
 from .network import StellarNetwork
 from .posterior import (
     StellarPrior,
+    draw_log_density,
     fit_theta_mixture,
     posterior_data,
+    prune_chains,
     simulate_photometry,
     stellar_init,
     stellar_posteriors,
@@ -78,6 +80,7 @@ __all__ = [
     "colour_covariance",
     "colour_names",
     "delta_r_over_r",
+    "draw_log_density",
     "evaluate_stellar",
     "fit_theta_mixture",
     "load_stellar_model",
@@ -85,6 +88,7 @@ __all__ = [
     "model_difference",
     "posterior_data",
     "prepare_stars",
+    "prune_chains",
     "read_density_grid",
     "read_keras_network",
     "read_release_catalog",

@@ -66,8 +66,14 @@ def add_stellar_arguments(subparsers) -> argparse.ArgumentParser:
     infer.add_argument("--out", required=True, help="output table (.parquet, .fits, .csv, .ecsv)")
     infer.add_argument("--rows", type=int, default=None, help="only the first N rows")
     infer.add_argument("--use-reddening-prior", action="store_true", help="use the catalog's r ± r_err as E prior")
-    infer.add_argument("--warmup", type=int, default=400, help="NUTS warm-up steps (default: %(default)s)")
-    infer.add_argument("--samples", type=int, default=400, help="NUTS draws (default: %(default)s)")
+    infer.add_argument("--warmup", type=int, default=250, help="NUTS warm-up steps (default: %(default)s)")
+    infer.add_argument("--samples", type=int, default=200, help="NUTS draws per chain (default: %(default)s)")
+    infer.add_argument(
+        "--chains",
+        type=int,
+        default=4,
+        help="dispersed NUTS chains per star, minor-mode chains pruned (default: %(default)s; 1 under-covers)",
+    )
     infer.add_argument("--batch-size", type=int, default=64, help="stars per compiled batch (default: 64)")
     infer.add_argument("--seed", type=int, default=0)
     infer.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -156,7 +162,9 @@ def _infer(args) -> int:
             raise CommandError("--rows must be >= 1")
         table = {k: (v[: args.rows] if isinstance(v, np.ndarray) else v) for k, v in table.items()}
     stars = prepare_stars(table, model.bands)
-    config = NUTSConfig(num_warmup=args.warmup, num_samples=args.samples, batch_size=args.batch_size)
+    config = NUTSConfig(
+        num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, batch_size=args.batch_size
+    )
     result = stellar_posteriors(model, stars, args.seed, config=config, use_E_prior=args.use_reddening_prior)
     cols = summarise_posteriors(result, model)
     cols["star_flags"] = stars.flags

@@ -9,7 +9,11 @@ Eq. 2; Gaussian parallax likelihood on the raw parallax when given, negative par
 :class:`jaxstars.astro.priors.EDSDPrior`), E uniform times an optional per-star Gaussian (a dust-map estimate).
 
 :func:`stellar_posteriors` runs it with NUTS for every star of a catalog through the shared engine
-(:func:`jaxstars.inference.sample_stars`: vmapped, compiled once).  :func:`simulate_photometry` draws photometry
+(:func:`jaxstars.inference.sample_stars`: vmapped, compiled once) with three choices that make the intervals
+calibrated (coverage 0.59–0.73 at 68 % and 0.93–0.97 at 95 % over two sets of 200 simulated stars, against
+0.53–0.69 at 68 % with one chain in the direct parametrisation): μ sampled as an offset from the photometric ridge (exact
+reparametrisation, see :func:`stellar_star_model`), four chains per star from dispersed starting points, and
+:func:`prune_chains` for chains stuck in minor modes.  :func:`simulate_photometry` draws photometry
 and parallaxes from the model for known θ, μ, E (the truth-recovery test).
 """
 
@@ -24,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.infer.util import log_density
 
 from jaxstars.inference import NUTSConfig, NUTSResult, sample_stars
 
@@ -33,8 +38,10 @@ from .stars import StellarStars, prepare_stars
 
 __all__ = [
     "StellarPrior",
+    "draw_log_density",
     "fit_theta_mixture",
     "posterior_data",
+    "prune_chains",
     "simulate_photometry",
     "stellar_init",
     "stellar_posteriors",
@@ -61,6 +68,9 @@ class StellarPrior:
     E_max : float
         Upper end of the uniform reddening prior ``U(0, E_max)``; a star's own ``E_mean ± E_std`` (if given)
         multiplies it (a truncated Gaussian).
+    ridge : bool
+        Sample the distance modulus as an offset from the photometric ridge ``μ̂(θ, E)`` (see
+        :func:`stellar_star_model`; same posterior, much better mixing). ``False``: μ (or the distance) directly.
     """
 
     theta_low: tuple[float, float, float] = (3500.0, -0.5, -2.5)
@@ -70,6 +80,7 @@ class StellarPrior:
     mu_high: float = 17.0
     distance: Any = None
     E_max: float = 5.0
+    ridge: bool = True
 
     def theta_distribution(self, network: StellarNetwork):
         """Prior of the *normalised* θ (the latent site)."""
@@ -122,6 +133,15 @@ def fit_theta_mixture(theta, n_components: int = 8, *, n_iter: int = 200, seed: 
     return {"weights": weights.tolist(), "means": means_phys.tolist(), "covs": covs_phys.tolist()}
 
 
+def _mu_log_prior(mu, prior: StellarPrior):
+    """``log p(μ)`` of the prior (uniform box, or the distance prior times ``|dd/dμ|``); −∞ outside the box."""
+    if prior.distance is None:
+        inside = (mu > prior.mu_low) & (mu < prior.mu_high)
+        return jnp.where(inside, -jnp.log(prior.mu_high - prior.mu_low), -jnp.inf)
+    distance = 10.0 ** (mu / 5.0 + 1.0)
+    return prior.distance.log_prob(distance) + jnp.log(distance * jnp.log(10.0) / 5.0)
+
+
 def stellar_star_model(data: dict, params, *, network: StellarNetwork, prior: StellarPrior) -> None:
     """NumPyro model of one star (Eq. 19).
 
@@ -135,21 +155,44 @@ def stellar_star_model(data: dict, params, *, network: StellarNetwork, prior: St
     network : StellarNetwork
     prior : StellarPrior
 
-    Sites: ``theta_n`` (latent, normalised θ), ``theta`` (physical, deterministic), ``mu`` and ``distance``
-    (one latent, the other deterministic), ``E`` (latent).
+    Notes
+    -----
+    Sites: ``theta_n`` (latent, normalised θ), ``theta`` (physical, deterministic), ``E`` (latent), and — with
+    ``prior.ridge`` (default) — ``mu_offset`` (latent) from which ``mu`` and ``distance`` are deterministic;
+    without it ``mu`` (uniform prior) or ``distance`` (user prior) is the latent site.
+
+    The ridge parametrisation: the photometry fixes ``μ`` to within ``σ_μ = (Σ_b σ_b^{-2})^{-1/2}`` (a few
+    0.01 mag) *given* θ and E, at the weighted mean ``μ̂(θ, E)`` of ``m_b − M_b(θ) − E R_b(θ)`` over the observed
+    bands (Eq. 2), while θ, E and μ are only loosely constrained separately (a dwarf near by and a giant far away
+    have the same colours).  Sampling ``μ`` directly puts NUTS on a thin curved ridge (long trajectories, chains
+    stuck along the logg–μ and Teff–E degeneracies); sampling ``z`` with ``μ = μ̂(θ, E) + σ_μ z`` straightens it.
+    The map ``(θ, E, z) → (θ, E, μ)`` is triangular with constant Jacobian ``σ_μ``, so with a flat density on
+    ``z`` plus ``log p(μ)`` as a factor the posterior of ``(θ, μ, E)`` is exactly that of Eq. 19.
     """
     theta_n = numpyro.sample("theta_n", prior.theta_distribution(network))
     numpyro.deterministic("theta", network.denormalise(theta_n))
-    if prior.distance is None:
-        mu = numpyro.sample("mu", dist.Uniform(prior.mu_low, prior.mu_high))
-        distance = numpyro.deterministic("distance", 10.0 ** (mu / 5.0 + 1.0))
-    else:
-        distance = numpyro.sample("distance", prior.distance)
-        mu = numpyro.deterministic("mu", 5.0 * jnp.log10(distance / 10.0))
     E = numpyro.sample("E", dist.Uniform(0.0, prior.E_max))
     e_std = jnp.where(data["has_E_prior"], data["E_std"], 1.0)
     numpyro.factor("E_prior", jnp.where(data["has_E_prior"], dist.Normal(data["E_mean"], e_std).log_prob(E), 0.0))
-    pred = network.magnitudes(params, theta_n, mu, E)  # Eq. 2
+    if prior.ridge:
+        absolute = network.magnitudes(params, theta_n, 0.0, E)  # M(θ) + E R(θ)
+        weight = jnp.where(data["band_obs"], 1.0 / data["mag_err"] ** 2, 0.0)
+        total = jnp.maximum(jnp.sum(weight), 1e-12)
+        mu_hat = jnp.sum(weight * jnp.where(data["band_obs"], data["mag"] - absolute, 0.0)) / total
+        z = numpyro.sample("mu_offset", dist.Normal(0.0, 1.0))
+        numpyro.factor("mu_offset_flat", -dist.Normal(0.0, 1.0).log_prob(z))  # flat density on z
+        mu = numpyro.deterministic("mu", mu_hat + z / jnp.sqrt(total))
+        numpyro.factor("mu_prior", _mu_log_prior(mu, prior))
+        distance = numpyro.deterministic("distance", 10.0 ** (mu / 5.0 + 1.0))
+        pred = absolute + mu
+    else:
+        if prior.distance is None:
+            mu = numpyro.sample("mu", dist.Uniform(prior.mu_low, prior.mu_high))
+            distance = numpyro.deterministic("distance", 10.0 ** (mu / 5.0 + 1.0))
+        else:
+            distance = numpyro.sample("distance", prior.distance)
+            mu = numpyro.deterministic("mu", 5.0 * jnp.log10(distance / 10.0))
+        pred = network.magnitudes(params, theta_n, mu, E)  # Eq. 2
     numpyro.sample(
         "mag",
         dist.Normal(pred, data["mag_err"]).mask(data["band_obs"]).to_event(1),
@@ -164,13 +207,15 @@ def stellar_star_model(data: dict, params, *, network: StellarNetwork, prior: St
 
 
 def stellar_init(data: dict) -> dict:
-    """Per-star NUTS starting point: θ at the normalisation centre, μ from the parallax (else 10), E at its prior."""
+    """Per-star NUTS starting point shared by the chains: only the ridge offset (0, on the ridge) and, for the
+    direct parametrisation, μ from the parallax (else 10).  θ and E are left out, so that every chain starts
+    from its own Uniform(−2, 2) point in unconstrained space (dispersed chains find the separate modes).
+    """
     plx = data["parallax"]
     good = data["has_parallax"] & (plx > 3.0 * data["parallax_err"])
     mu = jnp.where(good, 10.0 - 5.0 * jnp.log10(jnp.where(good, plx, 1.0)), 10.0)
-    E = jnp.where(data["has_E_prior"], jnp.clip(data["E_mean"], 0.02, 4.0), 0.1)
     mu = jnp.clip(mu, 0.5, 16.5)
-    return {"theta_n": jnp.zeros(3), "mu": mu, "distance": 10.0 ** (mu / 5.0 + 1.0), "E": E}
+    return {"mu_offset": jnp.zeros_like(mu), "mu": mu, "distance": 10.0 ** (mu / 5.0 + 1.0)}
 
 
 def posterior_data(stars: StellarStars, *, use_E_prior: bool = False, dtype=None) -> tuple[dict, np.ndarray]:
@@ -198,8 +243,12 @@ def posterior_data(stars: StellarStars, *, use_E_prior: bool = False, dtype=None
     return data, valid
 
 
-#: Default sampler settings of :func:`stellar_posteriors`.
-DEFAULT_NUTS = NUTSConfig(num_warmup=400, num_samples=400)
+#: Default sampler settings of :func:`stellar_posteriors`: four dispersed chains per star (a single chain from one
+#: starting point gets stuck in one of the modes of the dwarf/giant and Teff–E degeneracies: 68 % coverage
+#: ≈ 0.55 on simulated stars).
+DEFAULT_NUTS = NUTSConfig(num_warmup=250, num_samples=200, num_chains=4)
+#: Chains whose mean log density is this far below the best chain's are replaced (see :func:`prune_chains`).
+PRUNE_THRESHOLD = 4.0
 
 
 @functools.lru_cache(maxsize=16)
@@ -217,6 +266,7 @@ def stellar_posteriors(
     config: NUTSConfig = DEFAULT_NUTS,
     use_E_prior: bool = False,
     row_ids=None,
+    prune_threshold: float | None = PRUNE_THRESHOLD,
 ) -> NUTSResult:
     """NUTS posteriors of θ, μ (distance) and E for every star (Eq. 19), vmapped over the catalog.
 
@@ -232,17 +282,20 @@ def stellar_posteriors(
     use_E_prior : bool
     row_ids : array, optional
         Global row ids (reproducible draws per star whatever the chunking).
+    prune_threshold : float or None
+        With several chains, :func:`prune_chains` at this threshold (None: keep every chain).
 
     Returns
     -------
     NUTSResult
-        Sites ``theta_n``, ``theta`` (physical), ``mu``, ``distance``, ``E``; rows without photometry flagged
-        ``invalid_input``.
+        Sites ``theta_n``, ``theta`` (physical), ``mu``, ``distance``, ``E`` (and ``mu_offset``); rows without
+        photometry flagged ``invalid_input``; diagnostics ``chains_kept`` (and ``rhat``/``ess_bulk`` of the
+        engine, over all chains before pruning: a high R̂ marks a multimodal posterior).
     """
     if tuple(stars.bands) != tuple(model.bands):
         raise ValueError(f"the stars have bands {stars.bands}, the model {model.bands}")
     data, valid = posterior_data(stars, use_E_prior=use_E_prior)
-    return sample_stars(
+    result = sample_stars(
         _model_for(model.network, prior),
         data,
         key,
@@ -252,6 +305,63 @@ def stellar_posteriors(
         init_fn=stellar_init,
         row_ids=row_ids,
     )
+    if prune_threshold is None or config.num_chains < 2:
+        result.diagnostics["chains_kept"] = np.full(result.n_stars, config.num_chains)
+        return result
+    lp = draw_log_density(model, prior, data, result)
+    return prune_chains(result, lp, prune_threshold)
+
+
+def draw_log_density(model: StellarModel, prior: StellarPrior, data: dict, result: NUTSResult) -> np.ndarray:
+    """Log posterior density (up to a per-star constant) of every draw, ``(n_stars, num_chains, num_samples)``.
+
+    ``data`` from :func:`posterior_data`, ``result`` from :func:`stellar_posteriors` with the same prior.
+    """
+    latent = {k: jnp.asarray(np.nan_to_num(result.samples[k])) for k in result.latent}
+    lp = np.asarray(_log_density_fn(model.network, prior)(data, model.params, latent), float)
+    return np.where(np.isfinite(lp), lp, -np.inf)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_density_fn(network: StellarNetwork, prior: StellarPrior):
+    # compiled once per (network, prior), like the sampler: (stars, chains, draws) log densities
+    star_model = _model_for(network, prior)
+
+    def one(star, params, draws):
+        def single(values):
+            return log_density(star_model, (star, params), {}, values)[0]
+
+        return jax.vmap(jax.vmap(single))(draws)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
+
+
+def prune_chains(result: NUTSResult, log_density_draws, threshold: float = PRUNE_THRESHOLD) -> NUTSResult:
+    """Replace the chains stuck in minor modes by copies of the kept ones (per star).
+
+    A chain whose mean log density is more than ``threshold`` below the best chain's sits in a mode whose
+    density is ``e^{-threshold}`` times smaller: pooling it with equal weight (what the quantiles of dispersed
+    chains would do) gives that mode a quarter of the mass.  Such chains are overwritten cyclically by the kept
+    chains, so the arrays keep their shape; chains in modes of comparable density are all kept (their relative
+    weights are then those of the chains, a known limitation of multi-chain NUTS on multimodal posteriors).
+
+    Returns a new :class:`NUTSResult` with diagnostic ``chains_kept``.
+    """
+    lp = np.asarray(log_density_draws, float)
+    with np.errstate(invalid="ignore"):
+        chain_mean = np.where(np.isfinite(lp), lp, np.nan).mean(axis=2)  # (stars, chains)
+    best = np.nanmax(np.where(np.isfinite(chain_mean), chain_mean, -np.inf), axis=1, keepdims=True)
+    keep = np.isfinite(chain_mean) & (chain_mean >= best - threshold)
+    n_chains = lp.shape[1]
+    keep[~keep.any(axis=1)] = True  # nothing finite (invalid rows): leave as is
+    source = np.empty(keep.shape, int)
+    for i, row in enumerate(keep):
+        kept = np.flatnonzero(row)
+        source[i] = np.where(row, np.arange(n_chains), kept[np.arange(n_chains) % len(kept)])
+    rows = np.arange(len(keep))[:, None]
+    samples = {k: v[rows, source] for k, v in result.samples.items()}
+    diagnostics = dict(result.diagnostics, chains_kept=keep.sum(axis=1))
+    return dataclasses.replace(result, samples=samples, diagnostics=diagnostics)
 
 
 def summarise_posteriors(result: NUTSResult, model: StellarModel | None = None, theta_for_coverage=None) -> dict:
