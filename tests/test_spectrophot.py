@@ -17,6 +17,7 @@ from jaxstars.models.spectrophot import (
     assign_folds,
     build_features,
     colour_cuts,
+    cross_validate,
     fista,
     fit_theta,
     logg_cut,
@@ -239,6 +240,26 @@ def test_synthetic_truth_unbiased_precise_sparse(synthetic, nocut_fit):
         assert np.all(theta[: 1 + len(PAPER_BANDS)] != 0)  # photometry is not penalised
         zero_noise, zero_signal = np.mean(pix[~s.pixel_signal] == 0), np.mean(pix[s.pixel_signal] == 0)
         assert zero_noise > 0.25 and zero_noise > zero_signal + 0.08, (zero_noise, zero_signal)
+
+
+def test_cv_chosen_lambda_shows_no_trend_with_snr(synthetic):
+    """λ by two-fold CV at the given ϖ₀ (the documented default): ϖ_sp / ϖ_true has no trend with true S/N.
+
+    Measured (this sample): CV picks λ = 30; quartile medians of ln(ϖ_sp / ϖ_true) +3.5, +3.8, +1.6, −1.5 %, slope
+    −0.011 per e-fold of S/N. Choosing ϖ₀ by the same CV instead picks too large an offset and gives ~+20 % at
+    the faint end (docs/models/spectrophot.md), so ϖ₀ is not searched here.
+    """
+    s, fm = synthetic
+    t = s.table
+    plx, err = np.asarray(t["parallax"]), np.asarray(t["parallax_error"])
+    folds = assign_folds(len(t), 0)
+    cv = cross_validate(fm, plx, err, np.ones(len(t), bool), folds, [3.0, 10.0, 30.0, 100.0], [s.zero_point])
+    assert cv["best"]["lam"] in (10.0, 30.0)  # an interior optimum of the held-out χ²
+    _, lr, tsnr = _faint_bias(s, cv["result"])
+    q = np.quantile(tsnr, [0, 0.25, 0.5, 0.75, 1.0])
+    medians = [np.median(lr[(tsnr >= q[i]) & (tsnr <= q[i + 1])]) for i in range(4)]
+    assert max(abs(m) for m in medians) < 0.045, medians
+    assert abs(np.polyfit(np.log(tsnr), lr, 1)[0]) < 0.015
 
 
 def test_parallax_snr_cut_biases_the_fit_but_the_no_cut_likelihood_does_not(synthetic, nocut_fit):
