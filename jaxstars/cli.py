@@ -39,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     from jaxstars.models.flower.cli import add_flower_arguments
 
     add_flower_arguments(sub)
+    from jaxstars.models.stellar.cli import add_stellar_arguments
+
+    add_stellar_arguments(sub)
+    from jaxstars.models.spectrophot.cli import add_spectrophot_arguments
+
+    add_spectrophot_arguments(sub)
+    from jaxstars.models.galaxyflow.cli import add_galaxyflow_arguments
+
+    add_galaxyflow_arguments(sub)
     args = parser.parse_args(argv)
     if args.version:
         from jaxstars import __version__

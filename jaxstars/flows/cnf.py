@@ -56,6 +56,12 @@ class CNF(Bijector):
         Seed of the Hutchinson probes when no ``key`` is passed to the methods (so :class:`Flow` works unchanged
         and results are reproducible).  Fixed probes make the estimate biased *for a given seed*; when training
         with ``trace="hutchinson"`` pass a fresh ``key`` every iteration.  Ignored by the exact trace.
+    remat : bool
+        Rematerialise each RK4 step in the backward pass (``jax.checkpoint``): only the state between steps is
+        stored and the four stages are recomputed when differentiating.  Values are unchanged; training is
+        memory-bound without it (every stage's tangent arrays of the exact trace are kept), and on a 2-core CPU
+        it measured ~2.6x faster per training step (4x32 field, 1024 points).  Set ``False`` to trade memory
+        for the recomputation.
 
     Notes
     -----
@@ -71,6 +77,7 @@ class CNF(Bijector):
     trace: str = "exact"
     t1: float = 1.0
     hutchinson_seed: int = 0
+    remat: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
@@ -150,6 +157,8 @@ def _solve(spec: CNF, params, x, context, key, backward: bool):
         log_det = log_det + dt / 6.0 * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
         return (y, log_det), None
 
+    if spec.remat:
+        step = jax.checkpoint(step)
     init = (x, jnp.zeros(x.shape[:-1], x.dtype))
     (y, log_det), _ = jax.lax.scan(step, init, jnp.arange(spec.n_steps), reverse=backward)
     return y, log_det
@@ -165,6 +174,7 @@ def cnf(
     trace: str = "exact",
     t1: float = 1.0,
     hutchinson_seed: int = 0,
+    remat: bool = True,
 ) -> CNF:
     """The GalaxyFlow CNF (Lim et al. §3.2): MLP 4×32 GELU field, RK4 with 20 steps, exact trace by default."""
     return CNF(
@@ -176,4 +186,5 @@ def cnf(
         trace=trace,
         t1=float(t1),
         hutchinson_seed=hutchinson_seed,
+        remat=bool(remat),
     )
