@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "CommandError",
     "arguments_json",
+    "command_group",
     "guarded",
     "jsonable",
     "no_subcommand",
@@ -38,6 +39,14 @@ def no_subcommand(parser: argparse.ArgumentParser) -> int:
     """What a command group does when called without a sub-command: print its help, exit code 2."""
     parser.print_help()
     return 2
+
+
+def command_group(subparsers, name: str, *, help: str, description: str):
+    """A ``jaxstars NAME`` command group: its parser (help and exit code 2 without a sub-command) and the
+    sub-parsers object its sub-commands are added to (``dest="NAME_command"``)."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(func=lambda args: no_subcommand(parser))
+    return parser, parser.add_subparsers(dest=f"{name}_command")
 
 
 def guarded(prefix: str, command, args: argparse.Namespace) -> int:

@@ -56,9 +56,9 @@ import numpy as np
 
 from jaxstars.cli_support import (
     arguments_json,
+    command_group,
     guarded,
     jsonable,
-    no_subcommand,
     plot_loss,
     probe_canonical,
     progress_bar,
@@ -95,14 +95,13 @@ def add_cmd_arguments(subparsers) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``cmd`` parser (its ``func`` prints help and returns 2 when no sub-command is given).
     """
-    cmd = subparsers.add_parser(
+    cmd, sub = command_group(
+        subparsers,
         "cmd",
         help="Cranmer et al. colour–magnitude model: train, distances, evaluate",
         description="Cranmer et al. (2019) colour–magnitude flow: train it on a catalog, compute per-star "
         "distance posteriors, evaluate them.",
     )
-    sub = cmd.add_subparsers(dest="cmd_command")
-    cmd.set_defaults(func=lambda args: no_subcommand(cmd))
 
     train = sub.add_parser("train", help="train the colour–magnitude flow on a catalog")
     train.add_argument("--catalog", required=True, help="training catalog (FITS, Parquet, CSV, HDF5, VOTable)")

@@ -59,9 +59,9 @@ import numpy as np
 
 from jaxstars.cli_support import (
     arguments_json,
+    command_group,
     guarded,
     jsonable,
-    no_subcommand,
     plot_loss,
     require_file,
 )
@@ -105,14 +105,13 @@ def add_flower_arguments(subparsers) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``flower`` parser (its ``func`` prints help and returns 2 when no sub-command is given).
     """
-    flower = subparsers.add_parser(
+    flower, sub = command_group(
+        subparsers,
         "flower",
         help="FLOWER (O'Callaghan et al.): train the zero-extinction flow, infer dust posteriors, evaluate",
         description="FLOWER: a conditional BNAF of zero-extinction stars p(x | R, Z), trained by an importance-"
         "sampled marginal likelihood, and per-star reddening + distance posteriors (O'Callaghan et al.).",
     )
-    sub = flower.add_subparsers(dest="flower_command")
-    flower.set_defaults(func=lambda args: no_subcommand(flower))
 
     train = sub.add_parser("train", help="train the FLOWER flow on a catalog of (nearly) zero-extinction stars")
     train.add_argument("--catalog", required=True, help="training catalog (FITS, Parquet, CSV, HDF5, VOTable)")

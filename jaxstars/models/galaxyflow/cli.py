@@ -25,19 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxstars.cli_support import CommandError, guarded, jsonable, no_subcommand, require_file
+from jaxstars.cli_support import CommandError, command_group, guarded, jsonable, require_file
 
 
 def add_galaxyflow_arguments(subparsers) -> argparse.ArgumentParser:
     """Add ``galaxyflow`` (``particles``, ``train``, ``upsample``, ``compare``) to the ``jaxstars`` sub-commands."""
-    gf = subparsers.add_parser(
+    gf, sub = command_group(
+        subparsers,
         "galaxyflow",
         help="GalaxyFlow (Lim et al.): upsample star particles with CNFs; EnBiD/MAF baselines; classifier test",
         description="GalaxyFlow: phase-space density f(r, v) = p(r) p(v|r) of star particles with continuous "
         "normalising flows, upsampling, and the multi-model classifier test (Lim et al.).",
     )
-    sub = gf.add_subparsers(dest="galaxyflow_command")
-    gf.set_defaults(func=lambda args: no_subcommand(gf))
 
     part = sub.add_parser("particles", help="write seeded mock star particles (3.5 kpc around the Sun)")
     part.add_argument("--out", required=True, help="output .npz file")

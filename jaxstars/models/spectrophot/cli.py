@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxstars.cli_support import arguments_json, guarded, jsonable, no_subcommand, require_file
+from jaxstars.cli_support import arguments_json, command_group, guarded, jsonable, require_file
 
 __all__ = ["add_spectrophot_arguments"]
 
@@ -64,14 +64,13 @@ def add_spectrophot_arguments(subparsers) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``spectrophot`` parser (prints help and returns 2 without a sub-command).
     """
-    sp = subparsers.add_parser(
+    sp, sub = command_group(
+        subparsers,
         "spectrophot",
         help="spectrophotometric parallaxes with linear models (Hogg, Eilers & Rix): fit, predict",
         description="ϖ_sp = exp(θ·x) fitted to raw parallaxes with an L1 penalty on spectral coefficients, "
         "trained two-fold (A/B) so no star's parallax enters its own prediction.",
     )
-    sub = sp.add_subparsers(dest="spectrophot_command")
-    sp.set_defaults(func=lambda args: no_subcommand(sp))
 
     fit = sub.add_parser("fit", help="select, cross-validate λ and ϖ₀, fit θ_A and θ_B, write model + catalog")
     fit.add_argument("--data", required=True, help="input table (FITS, Parquet, CSV, HDF5 incl. the Green h5)")

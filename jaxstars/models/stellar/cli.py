@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxstars.cli_support import CommandError, arguments_json, guarded, jsonable, no_subcommand, require_file
+from jaxstars.cli_support import (
+    CommandError,
+    arguments_json,
+    command_group,
+    guarded,
+    jsonable,
+    require_file,
+)
 
 __all__ = ["add_stellar_arguments"]
 
@@ -27,14 +34,13 @@ def add_stellar_arguments(subparsers) -> argparse.ArgumentParser:
 
     Returns the ``stellar`` parser (without a sub-command it prints its help and returns 2).
     """
-    stellar = subparsers.add_parser(
+    stellar, sub = command_group(
+        subparsers,
         "stellar",
         help="Green et al. data-driven stellar model: train, evaluate (χ²/dof), photometric posteriors",
         description="Green et al. (2021): a neural network θ=(Teff, logg, [Fe/H]) → absolute magnitude, colours "
         "and reddening vector, trained with per-star error propagation; photometric posteriors of θ, μ, E.",
     )
-    sub = stellar.add_subparsers(dest="stellar_command")
-    stellar.set_defaults(func=lambda args: no_subcommand(stellar))
 
     train = sub.add_parser("train", help="train a stellar model on a catalog in the release format")
     train.add_argument("--data", required=True, help="HDF5 catalog in the release format")
