@@ -255,6 +255,7 @@ def test_multi_file_partitions_and_changed_catalog(hats_dir, lsdb_order, tmp_pat
         _run(copy, out)
 
 
+@pytest.mark.slow
 def test_local_dask_cluster_maps_partitions_to_tasks(hats_dir, tmp_path):
     """``dask=2``: a local cluster of 2 worker processes is started for the run and closed after it; every
     partition is a task, and the output is the single-process output, byte for byte."""

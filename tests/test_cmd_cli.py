@@ -385,6 +385,7 @@ def test_bad_options(sim, model_dir, tmp_path, capsys):
     assert "distances" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_photometric_errors_flag(sim, model_dir, single_chunk, tmp_path):
     """``--photometric-errors`` convolves the CMD density with the catalogue's G/BP/RP errors: the output changes
     (most for the stars with the largest errors), equals a direct

@@ -46,6 +46,7 @@ def _check_simulation(report, strict: bool):
     assert 0.85 < report["coverage_95"] < 0.99, report["coverage_95"]
 
 
+@pytest.mark.slow
 def test_simulation_experiment_reduced():
     size = ExperimentSize(n_train=12_000, n_test=1_500, n_blocks=5, hidden=64, epochs=12)
     report, _, test, post = simulation_experiment(size, seed=3, cmd_bins=30)
@@ -143,6 +144,7 @@ def green_sample():
     return path
 
 
+@pytest.mark.slow
 def test_real_data_green2020(green_sample):
     """Real Gaia DR2 stars: the CMD tightens, SNR improves, and degraded precise parallaxes are recovered."""
     size = ExperimentSize(n_train=6_000, n_test=2_000, n_blocks=5, hidden=64, epochs=12)

@@ -84,6 +84,7 @@ def _one(stars, i):
 
 
 # -------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unconstrained_joint_is_numpyro_potential(toy):
     """The fast path's target is the NUTS target: log_joint_unconstrained = −(NumPyro potential energy)."""
     from numpyro.infer.util import potential_energy

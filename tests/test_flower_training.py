@@ -251,6 +251,7 @@ def _zero_extinction_stars(n, seed=0):
     return cat, x, d
 
 
+@pytest.mark.slow
 def test_train_flower_smoke(tmp_path):
     """One compiled fit with the full loss (contrastive ramp included): the loss falls and the model round-trips."""
     cat, _, _ = _zero_extinction_stars(600, seed=3)

@@ -64,6 +64,7 @@ def test_vmapped_matches_quadrature(vmapped):
     assert np.all(vmapped.diagnostics["n_divergent"] <= 0.01 * CONFIG.num_chains * CONFIG.num_samples)
 
 
+@pytest.mark.slow
 def test_vmapped_statistically_equal_to_sequential_mcmc(vmapped):
     seq = sequential_nuts(distance_model, STARS, 1, config=CONFIG)
     for i, draws in enumerate(seq):
@@ -74,6 +75,7 @@ def test_vmapped_statistically_equal_to_sequential_mcmc(vmapped):
         assert a.std() == pytest.approx(b.std(), rel=0.2), i
 
 
+@pytest.mark.slow
 def test_per_star_adaptation_handles_scales_spanning_five_decades():
     def gaussian(star):
         numpyro.sample("x", dist.Normal(star["mu"], star["sigma"]))
@@ -163,6 +165,7 @@ def test_summary_columns_and_arviz_netcdf(vmapped, tmp_path):
     np.testing.assert_array_equal(back.star_diagnostics["flags"].values, vmapped.flags)
 
 
+@pytest.mark.slow
 def test_sharded_over_two_devices_matches_single_device(tmp_path):
     """Forced 2 host devices (odd star count → padding): same posteriors as the 1-device run, statistically."""
     script = textwrap.dedent(

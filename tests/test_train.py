@@ -52,6 +52,7 @@ def conditional_log_prob(x, c):
     return norm(x[:, 0], 2 * c, 0.6 + 0.3 * c) + norm(x[:, 1], -c + 0.5 * x[:, 0], 0.4)
 
 
+@pytest.mark.slow
 def test_conditional_flow_learns_known_conditional_gaussian():
     flow = Flow(maf(2, 3, 32, context_dim=1, activation="tanh"))
     x, c = conditional_sample(jax.random.PRNGKey(0), 20000)
@@ -66,6 +67,7 @@ def test_conditional_flow_learns_known_conditional_gaussian():
         assert abs(float(s[:, 0].mean()) - 2 * cv) < 0.1
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_history():
     flow = Flow(maf(2, 2, 16))
     data = banana(jax.random.PRNGKey(0), 2000)
@@ -101,6 +103,7 @@ def test_early_stopping_returns_best_epoch_params():
     assert result.val_loss[result.best_epoch] == result.val_loss.min()
 
 
+@pytest.mark.slow
 def test_ensemble_in_one_vmap_trains_independent_members():
     flow = Flow(maf(2, 2, 16))
     data = banana(jax.random.PRNGKey(0), 2000)
@@ -115,6 +118,7 @@ def test_ensemble_in_one_vmap_trains_independent_members():
     assert lp.shape == (3, 100) and np.all(np.isfinite(np.asarray(lp)))
 
 
+@pytest.mark.slow
 def test_custom_importance_sampled_loss():
     """A user loss (here: the marginal likelihood of noisy data by importance sampling) plugs into fit.
 
@@ -147,6 +151,7 @@ def test_nan_data_rejected_with_clear_error():
         fit(flow, data, key=jax.random.PRNGKey(0), epochs=1, progress=False)
 
 
+@pytest.mark.slow
 def test_data_parallel_over_two_host_devices_matches_single_device():
     script = textwrap.dedent(
         """
