@@ -118,8 +118,15 @@ class FlowerPosteriorConfig:
         ``± max(distance_sigmas · σ_ln d, min_log_distance_halfwidth)`` (σ from the Laplace approximation).
     distance_sigmas, min_log_distance_halfwidth : float
         See ``n_e, n_d``.
+    n_e_coarse, n_d_coarse : int
+        Lattice (same ranges as the grid) where the Laplace step uses exact Hessians; the other nodes interpolate
+        ``x*`` and ``log det`` from it and take gradient-only steps.  None or ``≥ (n_e, n_d)``: exact Hessians
+        at every node.
     node_newton_steps : int
-        Newton steps in ``x`` per grid node (after the warm start from the neighbouring node).
+        Newton steps in ``x`` (exact Hessian) per coarse-lattice node, from two starts: the joint mode's linear
+        prediction and the photometric ``x̂`` at the node (the better Laplace value wins).
+    node_gradient_steps : int
+        Quasi-Newton steps in ``x`` per grid node in the metric of the nearest coarse node.
     node_draws : int
         0: the Laplace marginal over ``x`` at every node. ``K > 0``: importance-sample it instead with ``K`` draws
         from a defensive mixture of the node's Laplace Gaussian (weight ¾) and the same Gaussian twice as wide (¼);
@@ -152,7 +159,10 @@ class FlowerPosteriorConfig:
     newton_steps: int = 12
     n_e: int = 32
     n_d: int = 24
+    n_e_coarse: int | None = 8
+    n_d_coarse: int | None = 6
     node_newton_steps: int = 3
+    node_gradient_steps: int = 2
     node_draws: int = 0
     edge_mass: float = 1e-3
     distance_sigmas: float = 8.0
@@ -173,6 +183,11 @@ class FlowerPosteriorConfig:
         for name in ("batch_size", "newton_steps", "n_e", "n_d", "node_newton_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("n_e", "n_d", "n_e_coarse", "n_d_coarse"):
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2")
+        if self.node_gradient_steps < 0:
+            raise ValueError("node_gradient_steps must be >= 0")
         if not all(self.e_min < e < self.e_max for e in self.start_ebv):
             raise ValueError("start_ebv values must lie inside (e_min, e_max)")
         if self.mag_limits is not None and not self.mag_limits[0] < self.mag_limits[1]:
@@ -531,13 +546,24 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     e_grid = jnp.linspace(config.e_min, config.e_max, config.n_e).astype(dtype)
     u_grid = jnp.linspace(u_lo, u_hi, config.n_d).astype(dtype)
 
-    # 3. Laplace marginal over x at every node: Newton step(s) in x from the joint-Gaussian prediction, then
-    #    log ∫ p dx ≈ log p(x*) − ½ log det(−∇²) + (dim/2) log 2π (+ ln d: the Jacobian of the ln d grid)
-    def laplace_at(e, u):
-        d = jnp.exp(u)
+    # 3. log ∫ p(E, d, x, data) dx at every node (Laplace over x), in two passes:
+    #    (a) a coarse lattice (n_e_coarse × n_d_coarse over the same ranges): Newton steps in x with the exact
+    #        Hessian from the joint-Gaussian prediction; keeps x*, the precision P and log det P there;
+    #    (b) every node of the grid: start at the bilinear interpolation of the coarse x*, quasi-Newton steps in
+    #        the metric P of the nearest coarse node (gradients only: a Hessian costs dim gradients), then the
+    #        second-order value log p(x) + ½ gᵀP⁻¹g (exact for a quadratic, so an unconverged last step costs
+    #        nothing at second order) and the interpolated log det P.
+    #    log ∫ p dx ≈ log p(x*) − ½ log det P + (dim/2) log 2π; + ln d, the Jacobian of the ln d grid.
+    dim = z_star.shape[0] - 2
+    norm = 0.5 * dim * math.log(2 * math.pi)
+    eps = _defensive_draws(config.node_draws, dim, dtype)
 
-        def g(x):
-            return log_joint(model, params, star, e, d, x, config)
+    def node_log_joint(e, u):
+        d = jnp.exp(u)
+        return lambda x: log_joint(model, params, star, e, d, x, config)
+
+    def exact_node(e, u):
+        g = node_log_joint(e, u)
 
         def grad_with_aux(x):
             value, grad = jax.value_and_grad(g)(x)
@@ -547,22 +573,76 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
             hess, (value, grad) = jax.jacfwd(grad_with_aux, has_aux=True)(x)
             return value, grad, hess
 
-        x = x_joint(e, u)
-        value, grad, hess = value_grad_hessian(x)
-        for _ in range(config.node_newton_steps):
-            step = jnp.linalg.solve(_precision(hess, floor_x), grad)
-            cand = value_grad_hessian(x + step)
-            better = jnp.all(jnp.isfinite(step)) & (cand[0] > value)
-            x = jnp.where(better, x + step, x)
-            value, grad, hess = (jnp.where(better, new, old) for new, old in zip(cand, (value, grad, hess)))
-        p = _precision(hess, floor_x)
+        def newton(x):
+            value, grad, hess = value_grad_hessian(x)
+            for _ in range(config.node_newton_steps):
+                step = jnp.linalg.solve(_precision(hess, floor_x), grad)
+                cand = value_grad_hessian(x + step)
+                better = jnp.all(jnp.isfinite(step)) & (cand[0] > value)
+                x = jnp.where(better, x + step, x)
+                value, grad, hess = (jnp.where(better, new, old) for new, old in zip(cand, (value, grad, hess)))
+            prec = _precision(hess, floor_x)
+            return value - 0.5 * jnp.linalg.slogdet(prec)[1], value, x, prec
+
+        # two starts: the joint mode's linear prediction and the photometric x̂ at this node; the better Laplace
+        # value wins (a single start can stop on a lower x mode far from the joint mode and bias E)
+        starts = jnp.stack(
+            [x_joint(e, u), _x_hat(model, star, e, _modulus(jnp.exp(u)), config.fixed_point_iterations)]
+        )
+        laplace, value, x, prec = jax.vmap(newton)(starts)
+        best = jnp.argmax(jnp.where(jnp.isfinite(laplace), laplace, -jnp.inf))
+        return value[best], x[best], prec[best]
+
+    def marginal(e, u, value, x, prec, log_det):
         if not config.node_draws:
-            return value + u - 0.5 * jnp.linalg.slogdet(p)[1] + 0.5 * x.shape[0] * math.log(2 * math.pi)
-        return _importance_marginal(g, x, p, eps) + u
+            return value + u - 0.5 * log_det + norm
+        return _importance_marginal(node_log_joint(e, u), x, prec, eps) + u
 
-    eps = _defensive_draws(config.node_draws, z_star.shape[0] - 2, dtype)
+    def both(fn, es, us):  # fn over the lattice es × us
+        return jax.vmap(lambda e: jax.vmap(lambda u: fn(e, u))(us))(es)
 
-    log_post = jax.vmap(lambda e: jax.vmap(lambda u: laplace_at(e, u))(u_grid))(e_grid)  # (n_e, n_d)
+    n_e_c, n_d_c = config.n_e_coarse or config.n_e, config.n_d_coarse or config.n_d
+    if n_e_c >= config.n_e and n_d_c >= config.n_d:  # exact Laplace at every node
+        value, x_c, prec_c = both(exact_node, e_grid, u_grid)
+        log_det = jnp.linalg.slogdet(prec_c)[1]
+        log_post = jax.vmap(jax.vmap(marginal))(
+            *jnp.meshgrid(e_grid, u_grid, indexing="ij"), value, x_c, prec_c, log_det
+        )
+    else:
+        e_c = jnp.linspace(config.e_min, config.e_max, n_e_c).astype(dtype)
+        u_c = jnp.linspace(u_lo, u_hi, n_d_c).astype(dtype)
+        _, x_c, prec_c = both(exact_node, e_c, u_c)
+        log_det_c = jnp.linalg.slogdet(prec_c)[1]
+        chol_c = jnp.linalg.cholesky(prec_c)
+
+        def refined_node(e, u):
+            fe = jnp.clip((e - e_c[0]) / (e_c[1] - e_c[0]), 0.0, n_e_c - 1.0)
+            fu = jnp.clip((u - u_c[0]) / (u_c[1] - u_c[0]), 0.0, n_d_c - 1.0)
+            i = jnp.clip(jnp.floor(fe).astype(jnp.int32), 0, n_e_c - 2)
+            j = jnp.clip(jnp.floor(fu).astype(jnp.int32), 0, n_d_c - 2)
+            we, wu = fe - i, fu - j
+
+            def bilinear(a):
+                return ((1 - we) * (1 - wu) * a[i, j] + we * (1 - wu) * a[i + 1, j]
+                        + (1 - we) * wu * a[i, j + 1] + we * wu * a[i + 1, j + 1])  # fmt: skip
+
+            near = (jnp.round(fe).astype(jnp.int32), jnp.round(fu).astype(jnp.int32))
+            chol, prec = chol_c[near], prec_c[near]
+            value_and_grad = jax.value_and_grad(node_log_joint(e, u))
+            x = bilinear(x_c)
+            value, grad = value_and_grad(x)
+            for _ in range(config.node_gradient_steps):
+                step = jax.scipy.linalg.cho_solve((chol, True), grad)
+                new_value, new_grad = value_and_grad(x + step)
+                better = jnp.all(jnp.isfinite(step)) & (new_value > value)
+                x = jnp.where(better, x + step, x)
+                value, grad = jnp.where(better, new_value, value), jnp.where(better, new_grad, grad)
+            second_order = 0.5 * jnp.dot(grad, jax.scipy.linalg.cho_solve((chol, True), grad))
+            second_order = jnp.clip(jnp.nan_to_num(second_order), 0.0, 0.5)  # only a converged step is trusted
+            return marginal(e, u, value + second_order, x, prec,
+                            bilinear(log_det_c))  # fmt: skip
+
+        log_post = both(refined_node, e_grid, u_grid)  # (n_e, n_d)
     log_post = jnp.where(jnp.isfinite(log_post), log_post, -jnp.inf)
 
     # 4. summaries: grid_posterior_2d in (E, ln d); distance moments in d
