@@ -120,8 +120,12 @@ class FlowerPosteriorConfig:
         See ``n_e, n_d``.
     n_e_coarse, n_d_coarse : int
         Lattice (same ranges as the grid) where the Laplace step uses exact Hessians; the other nodes interpolate
-        ``x*`` and ``log det`` from it and take gradient-only steps.  None or ``≥ (n_e, n_d)``: exact Hessians
-        at every node.
+        ``x*`` and ``log det`` from it and take gradient-only steps; then the ``exact_nodes`` nodes of highest
+        posterior are recomputed with exact Hessians.  None (default) or ``≥ (n_e, n_d)``: exact Hessians at
+        every node.  A speed option: on a trained Gaia + PS1 flow, 8 × 6 with 128 exact nodes ran ~2× faster and
+        put 30 of 32 stars within 0.1 σ in E of the default (max 0.26 σ; ``docs/models/flower.md``).
+    exact_nodes : int
+        See ``n_e_coarse``.
     node_newton_steps : int
         Newton steps in ``x`` (exact Hessian) per coarse-lattice node, from two starts: the joint mode's linear
         prediction and the photometric ``x̂`` at the node (the better Laplace value wins).
@@ -159,10 +163,11 @@ class FlowerPosteriorConfig:
     newton_steps: int = 12
     n_e: int = 32
     n_d: int = 24
-    n_e_coarse: int | None = 8
-    n_d_coarse: int | None = 6
+    n_e_coarse: int | None = None
+    n_d_coarse: int | None = None
     node_newton_steps: int = 3
     node_gradient_steps: int = 2
+    exact_nodes: int = 128
     node_draws: int = 0
     edge_mass: float = 1e-3
     distance_sigmas: float = 8.0
@@ -643,6 +648,13 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
                             bilinear(log_det_c))  # fmt: skip
 
         log_post = both(refined_node, e_grid, u_grid)  # (n_e, n_d)
+        if config.exact_nodes:  # (c) the nodes holding most of the posterior again, with exact Hessians
+            flat = jnp.where(jnp.isfinite(log_post), log_post, -jnp.inf).reshape(-1)
+            _, idx = jax.lax.top_k(flat, min(config.exact_nodes, flat.shape[0]))
+            e_k, u_k = e_grid[idx // config.n_d], u_grid[idx % config.n_d]
+            value, x_k, prec_k = jax.vmap(exact_node)(e_k, u_k)
+            exact = jax.vmap(marginal)(e_k, u_k, value, x_k, prec_k, jnp.linalg.slogdet(prec_k)[1])
+            log_post = flat.at[idx].set(exact).reshape(log_post.shape)
     log_post = jnp.where(jnp.isfinite(log_post), log_post, -jnp.inf)
 
     # 4. summaries: grid_posterior_2d in (E, ln d); distance moments in d
