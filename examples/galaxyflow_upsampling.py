@@ -1,8 +1,8 @@
 """GalaxyFlow (Lim et al., paper 004) on mock star particles: CNF vs MAF vs EnBiD upsampling and the classifier test.
 
 Run ``python -m examples.galaxyflow_upsampling`` (default size: about 30 min on 2 unloaded cores by the measured
-throughput; the run in the docs used ``--n-train 3000 --max-epochs 150 --refine-epochs 20`` on a loaded machine,
-~55 min) or with ``--paper`` for
+throughput; the run in the docs used ``--n-train 3000 --max-epochs 150 --refine-epochs 20 --factor 200
+--classifier-hidden 512,512,256,128 --classifier-epochs 40`` on a shared machine, ~86 min) or with ``--paper`` for
 the paper's settings (all training-half particles, 10 members, patience 50 + refinement, classifier
 [2048, 1024, 128, 128]; hours on a GPU).  Steps:
 
