@@ -106,7 +106,7 @@ def parse_posterior_options(items) -> dict:
 
     Values are converted to the field's type: numbers, strings (e.g. ``proposal=photometric``), ``true``/``false``,
     comma-separated numbers for tuples (``quantiles=0.05,0.5,0.95``, ``mag_limits=5,21``) and ``none`` for the
-    optional ones.  The configuration is validated as a whole.
+    optional ones (``n_e_coarse=8`` and ``n_d_coarse=6`` are integers).  The configuration is validated as a whole.
     """
     from .posterior import FlowerPosteriorConfig
 
@@ -127,7 +127,7 @@ def parse_posterior_options(items) -> dict:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
                 value = text.lower() in ("true", "1")
-            elif isinstance(default, int):
+            elif isinstance(default, int) or name in ("n_e_coarse", "n_d_coarse"):  # the latter: int or None
                 value = int(text)
             elif isinstance(default, float):
                 value = float(text)
