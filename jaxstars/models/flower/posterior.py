@@ -34,9 +34,10 @@ Two ways to compute it:
       Hessian gives the ``ln d`` scale and the linear prediction of ``x`` given ``(E, ln d)``.
     * *grid.*  ``E`` spans the whole prior (``n_e`` nodes); ``ln d`` spans the mode ± ``distance_sigmas`` Laplace
       standard deviations (at least ±0.7; ``n_d`` nodes).  At each node ``log ∫ p(E, d, x, data) dx`` is the Laplace
-      marginal: a Newton step in ``x`` from the joint mode's linear prediction (the photometry fixes every
-      observed direction; the flow, sharper than the photometry across the stellar locus, fixes the rest) and
-      ``−½ log det`` of the Hessian there.  The grid over ``(E, ln d)`` keeps what a single Gaussian over
+      marginal: Newton steps in ``x`` (the photometry fixes every observed direction; the flow, sharper than the
+      photometry across the stellar locus, fixes the rest) from two starts — the photometric ``x̂`` and, by
+      continuation along E from the joint mode's E outwards, the neighbouring node's ``x*`` — and ``−½ log det``
+      of the Hessian there.  The grid over ``(E, ln d)`` keeps what a single Gaussian over
       ``(E, ln d, x)`` loses: skewed, truncated and curved reddening–distance posteriors.
     * *summaries.*  :func:`jaxstars.inference.grid_posterior_2d`: moments, marginal quantiles (distance quantiles
       are ``exp`` of the ``ln d`` ones; distance moments in ``d``), the evidence.  Flags: ``grid_edge`` when more
@@ -126,6 +127,10 @@ class FlowerPosteriorConfig:
         put 30 of 32 stars within 0.1 σ in E of the default (max 0.26 σ; ``docs/models/flower.md``).
     exact_nodes : int
         See ``n_e_coarse``.
+    continuation : bool
+        With exact Hessians at every node: visit the E nodes at each ln d from the joint mode's E outwards and start
+        each node's Newton steps from its neighbour's ``x*`` (plus the photometric ``x̂``).  False: the joint
+        mode's linear prediction and ``x̂`` at every node (misses the good x region at E far from the mode).
     node_newton_steps : int
         Newton steps in ``x`` (exact Hessian) per coarse-lattice node, from two starts: the joint mode's linear
         prediction and the photometric ``x̂`` at the node (the better Laplace value wins).
@@ -167,6 +172,7 @@ class FlowerPosteriorConfig:
     n_d_coarse: int | None = None
     node_newton_steps: int = 3
     node_gradient_steps: int = 2
+    continuation: bool = True
     exact_nodes: int = 128
     node_draws: int = 0
     edge_mass: float = 1e-3
@@ -567,7 +573,7 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
         d = jnp.exp(u)
         return lambda x: log_joint(model, params, star, e, d, x, config)
 
-    def exact_node(e, u):
+    def exact_node(e, u, start=None):
         g = node_log_joint(e, u)
 
         def grad_with_aux(x):
@@ -591,9 +597,8 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
 
         # two starts: the joint mode's linear prediction and the photometric x̂ at this node; the better Laplace
         # value wins (a single start can stop on a lower x mode far from the joint mode and bias E)
-        starts = jnp.stack(
-            [x_joint(e, u), _x_hat(model, star, e, _modulus(jnp.exp(u)), config.fixed_point_iterations)]
-        )
+        first = x_joint(e, u) if start is None else start
+        starts = jnp.stack([first, _x_hat(model, star, e, _modulus(jnp.exp(u)), config.fixed_point_iterations)])
         laplace, value, x, prec = jax.vmap(newton)(starts)
         best = jnp.argmax(jnp.where(jnp.isfinite(laplace), laplace, -jnp.inf))
         return value[best], x[best], prec[best]
@@ -603,12 +608,38 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
             return value + u - 0.5 * log_det + norm
         return _importance_marginal(node_log_joint(e, u), x, prec, eps) + u
 
+    e_star = config.e_min + width * jax.nn.sigmoid(z_star[0])
+    k0 = jnp.argmin(jnp.abs(e_grid - e_star))
+    steps = jnp.arange(config.n_e)
+    # E nodes from the joint mode's outwards: k0, k0+1, …, n_e−1, then k0−1, …, 0
+    order = jnp.where(k0 + steps < config.n_e, k0 + steps, k0 - (steps - (config.n_e - k0) + 1))
+
+    def continued_column(u):
+        """All E nodes at one ln d by continuation: each node's Newton starts from its neighbour's x* (from the
+        joint mode's E outwards), so x* follows the stellar locus as E moves away from the mode."""
+
+        def body(carry, t):
+            x_prev, x_k0 = carry
+            idx = order[t]
+            start = jnp.where(t == 0, x_joint(e_grid[idx], u), jnp.where(t == config.n_e - k0, x_k0, x_prev))
+            value, x, prec = exact_node(e_grid[idx], u, start)
+            return (x, jnp.where(t == 0, x, x_k0)), (value, x, prec)
+
+        x0 = x_joint(e_grid[k0], u)
+        _, (value, x, prec) = jax.lax.scan(body, (x0, x0), steps)
+        inverse = jnp.argsort(order)
+        return value[inverse], x[inverse], prec[inverse]
+
     def both(fn, es, us):  # fn over the lattice es × us
         return jax.vmap(lambda e: jax.vmap(lambda u: fn(e, u))(us))(es)
 
     n_e_c, n_d_c = config.n_e_coarse or config.n_e, config.n_d_coarse or config.n_d
     if n_e_c >= config.n_e and n_d_c >= config.n_d:  # exact Laplace at every node
-        value, x_c, prec_c = both(exact_node, e_grid, u_grid)
+        value, x_c, prec_c = (
+            jax.vmap(continued_column, out_axes=1)(u_grid)
+            if config.continuation
+            else both(exact_node, e_grid, u_grid)
+        )
         log_det = jnp.linalg.slogdet(prec_c)[1]
         log_post = jax.vmap(jax.vmap(marginal))(
             *jnp.meshgrid(e_grid, u_grid, indexing="ij"), value, x_c, prec_c, log_det
