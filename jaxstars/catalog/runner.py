@@ -752,6 +752,7 @@ class _Run:
                         canonical,
                         where,
                         str(self.work),
+                        token,
                         key=f"jaxstars-chunk-{k:06d}-{token}",
                         pure=False,
                     )
@@ -975,9 +976,22 @@ def _make_part(
     return part, names
 
 
-def _chunk_task(process_chunk, k: int, start: int, source, keep, canonical: dict, where: str, work: str):
+_RUN_FUNCTIONS: dict[str, Any] = {}  # per worker process: the first copy of each recent run's process_chunk
+
+
+def _chunk_task(process_chunk, k: int, start: int, source, keep, canonical: dict, where: str, work: str, run: str):
     """A Dask task: read chunk ``k`` (``source`` is a :class:`_BlockRef`) or take it as sent (a table), process it
-    and return its part with the names of the result columns (see :func:`_make_part`)."""
+    and return its part with the names of the result columns (see :func:`_make_part`).
+
+    A worker can receive more than one copy of the scattered ``process_chunk`` in one run (a task that fetched it
+    from another worker before the broadcast arrived: measured with distributed 2026.8); the first copy this
+    process saw for run ``run`` is used for all its chunks, so a :class:`~jaxstars.catalog.ChunkProcessor` is
+    set up once per process."""
+    if run not in _RUN_FUNCTIONS:
+        while len(_RUN_FUNCTIONS) >= 4:  # keep the few most recent runs
+            _RUN_FUNCTIONS.pop(next(iter(_RUN_FUNCTIONS)))
+        _RUN_FUNCTIONS[run] = process_chunk
+    process_chunk = _RUN_FUNCTIONS[run]
     raw = _read_block(source) if isinstance(source, _BlockRef) else source
     table = to_canonical(raw, **canonical)
     return _make_part(k, start, raw, table, keep, process_chunk, where, work)
