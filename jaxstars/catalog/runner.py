@@ -983,9 +983,9 @@ def _chunk_task(process_chunk, k: int, start: int, source, keep, canonical: dict
     """A Dask task: read chunk ``k`` (``source`` is a :class:`_BlockRef`) or take it as sent (a table), process it
     and return its part with the names of the result columns (see :func:`_make_part`).
 
-    A worker can receive more than one copy of the scattered ``process_chunk`` in one run (a task that fetched it
-    from another worker before the broadcast arrived: measured with distributed 2026.8); the first copy this
-    process saw for run ``run`` is used for all its chunks, so a :class:`~jaxstars.catalog.ChunkProcessor` is
+    A worker can hold more than one copy of the scattered ``process_chunk`` in one run (seen with distributed
+    2026.8: one worker set a processor up twice, from its fifth chunk on; why it got a second copy was not
+    traced); the first copy this process saw for run ``run`` is used for all its chunks, so a :class:`~jaxstars.catalog.ChunkProcessor` is
     set up once per process."""
     if run not in _RUN_FUNCTIONS:
         while len(_RUN_FUNCTIONS) >= 4:  # keep the few most recent runs
