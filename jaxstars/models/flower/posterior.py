@@ -132,8 +132,9 @@ class FlowerPosteriorConfig:
         each node's Newton steps from its neighbour's ``x*`` (plus the photometric ``x̂``).  False: the joint
         mode's linear prediction and ``x̂`` at every node (misses the good x region at E far from the mode).
     node_newton_steps : int
-        Newton steps in ``x`` (exact Hessian) per coarse-lattice node, from two starts: the joint mode's linear
-        prediction and the photometric ``x̂`` at the node (the better Laplace value wins).
+        Newton steps in ``x`` (exact Hessian) per node (per lattice node with ``n_e_coarse``), from two starts:
+        the photometric ``x̂`` and the E-neighbour's ``x*`` (``continuation``) or the joint mode's linear
+        prediction; the better Laplace value wins.
     node_gradient_steps : int
         Quasi-Newton steps in ``x`` per grid node in the metric of the nearest coarse node.
     node_draws : int
@@ -557,14 +558,14 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     e_grid = jnp.linspace(config.e_min, config.e_max, config.n_e).astype(dtype)
     u_grid = jnp.linspace(u_lo, u_hi, config.n_d).astype(dtype)
 
-    # 3. log ∫ p(E, d, x, data) dx at every node (Laplace over x), in two passes:
-    #    (a) a coarse lattice (n_e_coarse × n_d_coarse over the same ranges): Newton steps in x with the exact
-    #        Hessian from the joint-Gaussian prediction; keeps x*, the precision P and log det P there;
-    #    (b) every node of the grid: start at the bilinear interpolation of the coarse x*, quasi-Newton steps in
-    #        the metric P of the nearest coarse node (gradients only: a Hessian costs dim gradients), then the
-    #        second-order value log p(x) + ½ gᵀP⁻¹g (exact for a quadratic, so an unconverged last step costs
-    #        nothing at second order) and the interpolated log det P.
-    #    log ∫ p dx ≈ log p(x*) − ½ log det P + (dim/2) log 2π; + ln d, the Jacobian of the ln d grid.
+    # 3. log ∫ p(E, d, x, data) dx at every node (Laplace over x):
+    #    log ∫ p dx ≈ log p(x*) − ½ log det P + (dim/2) log 2π, P = −∇² at x*; + ln d, the Jacobian of the ln d grid.
+    #    Default: exact Newton in x at every node from two starts (the photometric x̂, and the E-neighbour's x* by
+    #    continuation from the joint mode's E outwards; see continued_column).
+    #    Lattice option (n_e_coarse, n_d_coarse): (a) exact Newton only on a coarse lattice over the same ranges;
+    #    (b) every grid node starts at the bilinear interpolation of the lattice x*, takes gradient-only steps in
+    #    the metric P of the nearest lattice node and uses log p(x) + ½ gᵀP⁻¹g with the interpolated log det P;
+    #    (c) the exact_nodes nodes of highest posterior are redone with exact Newton.
     dim = z_star.shape[0] - 2
     norm = 0.5 * dim * math.log(2 * math.pi)
     eps = _defensive_draws(config.node_draws, dim, dtype)
