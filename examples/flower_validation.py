@@ -159,7 +159,11 @@ def main(argv=None) -> int:
     parser.add_argument("--nuts-samples", type=int, help="default: the paper's 10,000 (quick: 1,000)")
     parser.add_argument("--out", default="docs/results/flower_validation.json")
     parser.add_argument("--figures", default="docs/figures")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: sim,2mass,green,cloud,nuts")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of parts to skip: sim,2mass,green,cloud,nuts (the other parts of an existing --out are kept)",
+    )
     args = parser.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
     skip = set(filter(None, args.skip.split(",")))
@@ -170,20 +174,27 @@ def main(argv=None) -> int:
     models, figures = Path(args.models), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
     config = FlowerPosteriorConfig()
-    report: dict = {"quick": args.quick, "sizes": size, "synthetic_ebv": list(SYNTHETIC_EBV)}
+    report: dict = {}
+    if skip and Path(args.out).exists():  # a partial run updates the parts it ran and keeps the others
+        report = json.loads(Path(args.out).read_text())
+    report.update({"quick": args.quick, "sizes": size, "synthetic_ebv": list(SYNTHETIC_EBV)})
 
     train_cat = None
+
+    def trained(name, bands):
+        def fit():
+            nonlocal train_cat
+            if train_cat is None:
+                train_cat = zero_extinction_catalog(size["n_train"], seed=11)
+            return train_flower(train_cat, bands=bands, epochs=size["epochs"], batch_size=2048, patience=15)
+
+        return _model(models, name, fit)
+
     val_cat = zero_extinction_catalog(size["n_val"], seed=101)
     for name, bands in (("gaia_ps1", GAIA_PS1), ("gaia_ps1_2mass", GAIA_PS1_2MASS)):
         if (name == "gaia_ps1" and "sim" in skip) or (name == "gaia_ps1_2mass" and "2mass" in skip):
             continue
-        if train_cat is None:
-            train_cat = zero_extinction_catalog(size["n_train"], seed=11)
-
-        def fit(bands=bands, train_cat=train_cat):
-            return train_flower(train_cat, bands=bands, epochs=size["epochs"], batch_size=2048, patience=15)
-
-        model, params = _model(models, name, fit)
+        model, params = trained(name, bands)
         start = time.perf_counter()
         res = synthetic_reddening_experiment(model, params, val_cat, config=config)
         res["seconds"] = time.perf_counter() - start
@@ -207,8 +218,6 @@ def main(argv=None) -> int:
         _plot_synthetic(
             res, f"Synthetic reddening, simulated stars, {name}", figures / f"flower_synthetic_{name}.png"
         )
-        if name == "gaia_ps1":
-            ps1_model = (model, params)
 
     if "green" not in skip:
         try:
@@ -232,22 +241,26 @@ def main(argv=None) -> int:
                 figures / "flower_synthetic_green.png",
             )
 
-    if "cloud" not in skip and "sim" not in skip:
-        model, params = ps1_model
+    if "cloud" not in skip:
+        model, params = trained("gaia_ps1", GAIA_PS1)
         res = two_cloud_experiment(model, params, size["n_cloud"], config=config)
         report["two_cloud"] = res
         print("§5.2 two clouds: bins", res["bins"], "steps", res["steps"])
         _plot_two_cloud(res, figures / "flower_two_cloud.png")
 
-    if args.nuts_stars and "nuts" not in skip and "sim" not in skip:
-        model, params = ps1_model
+    if args.nuts_stars and "nuts" not in skip:
+        model, params = trained("gaia_ps1", GAIA_PS1)
         from jaxstars.astro.simulate import simulate_galaxy
 
         table = simulate_galaxy(args.nuts_stars, key=55, fields=[(104.08, 22.31, 5.0)], mag_limit=18.5)
         stars = prepare_flower_stars(model.features, table, parallax_zero_point=-0.017)
-        nuts = dataclasses.replace(PAPER_NUTS, num_warmup=args.nuts_warmup, num_samples=args.nuts_samples)
+        # one star per compiled call: in a vmapped batch every lane waits for the star with the deepest trees
+        nuts = dataclasses.replace(
+            PAPER_NUTS, num_warmup=args.nuts_warmup, num_samples=args.nuts_samples, batch_size=1
+        )
         start = time.perf_counter()
-        res = fast_vs_nuts(model, params, stars, nuts=nuts, config=config)
+        cache = models / f"nuts_reference_{args.nuts_stars}_{nuts.num_warmup}_{nuts.num_samples}.npz"
+        res = fast_vs_nuts(model, params, stars, nuts=nuts, config=config, cache=cache)
         res["seconds"] = time.perf_counter() - start
         res["nuts_settings"] = {"num_warmup": nuts.num_warmup, "num_samples": nuts.num_samples,
                                 "target_accept_prob": nuts.target_accept_prob, "dense_mass": nuts.dense_mass}  # fmt: skip

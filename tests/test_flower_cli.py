@@ -506,10 +506,10 @@ def test_posterior_options_are_parsed_to_the_config_types():
     config = FlowerPosteriorConfig(**parsed)
     assert config.e_max == 0.6 and isinstance(config.batch_size, int)
     assert parse_posterior_options(["mag_limits=none"]) == {"mag_limits": None}
-    assert parse_posterior_options(["n_e_coarse=8", "n_d_coarse=none"]) == {"n_e_coarse": 8, "n_d_coarse": None}
+    assert parse_posterior_options(["n_e_scan=8", "photometric_start=false"]) == {"n_e_scan": 8, "photometric_start": False}
     assert parse_posterior_options(None) == {}
     bad_items = (["e_max"], ["no_such=1"], ["batch_size=1.5"], ["e_max=0.6", "e_min=0.7"], ["n_samples=3"],
-                 ["n_e_coarse=1"], ["n_d_coarse=2.5"])  # fmt: skip
+                 ["n_e_scan=1"], ["n_d_scan=2.5"], ["n_e=none"])  # fmt: skip
     for bad in bad_items:
         with pytest.raises(FlowerCommandError):
             parse_posterior_options(bad)

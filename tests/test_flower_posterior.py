@@ -147,8 +147,8 @@ def quadrature_reference(toy):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"node_draws": 64}, {"n_e_coarse": 8, "n_d_coarse": 6}],
-    ids=["default", "importance-x", "hessian-lattice"],
+    [{}, {"node_draws": 64}, {"photometric_start": True}],
+    ids=["default", "importance-x", "photometric-start"],
 )
 def test_fast_path_matches_quadrature(toy, quadrature_reference, settings):
     """Fast path (Laplace over x, or importance sampling around it, on an (E, ln d) grid) vs brute force on two
@@ -165,20 +165,22 @@ def test_fast_path_matches_quadrature(toy, quadrature_reference, settings):
         assert res["distance_std"][i] == pytest.approx(d_std, rel=0.1)
 
 
-def test_coarse_hessian_lattice_matches_exact_hessians(toy):
-    """The lattice option (exact Hessians on an 8 × 6 lattice, gradient-only steps and interpolated log det at the
-    other grid nodes, the top nodes redone exactly) against exact Hessians at all 32 × 24 nodes (the default): the
-    same posterior moments to 0.02 σ / 2 % on this smooth toy flow."""
+def test_default_grid_matches_a_converged_grid(toy):
+    """The default fast path (a 28 × 5 scan by continuation in E locating the posterior, a 16 × 12 grid over it,
+    one damped Newton step in x per node) against a converged one (a 56 × 8 scan, a 32 × 24 grid, three and four
+    Newton steps per node from two starts): the same moments to 0.05 σ / 3 % on this smooth toy flow."""
     model, params = toy
     table, _, _ = simulate(model, params, 8, seed=7, d_range=(300, 2000), plx_err=0.2)
     stars = prepare_flower_stars(model.features, table)
-    fast = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig(n_e_coarse=8, n_d_coarse=6))
-    exact = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig())
+    fast = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig())
+    converged = FlowerPosteriorConfig(n_e_scan=56, n_d_scan=8, n_e=32, n_d=24, scan_hessians=3, node_hessians=4,
+                                      photometric_start=True)  # fmt: skip
+    exact = flower_posteriors(model, params, stars, 0, converged)
     for name in ("ebv", "distance"):
         np.testing.assert_array_less(
-            np.abs(fast[f"{name}_mean"] - exact[f"{name}_mean"]), 0.02 * exact[f"{name}_std"]
+            np.abs(fast[f"{name}_mean"] - exact[f"{name}_mean"]), 0.05 * exact[f"{name}_std"]
         )
-        np.testing.assert_allclose(fast[f"{name}_std"], exact[f"{name}_std"], rtol=0.02)
+        np.testing.assert_allclose(fast[f"{name}_std"], exact[f"{name}_std"], rtol=0.03)
 
 
 def test_numpyro_model_is_eq16(toy):
@@ -290,7 +292,7 @@ def test_fast_path_matches_nuts(toy):
     model, params = toy
     table, _, _ = simulate(model, params, 12, seed=31, d_range=(300, 1500))
     stars = prepare_flower_stars(model.features, table)
-    fast = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig(n_e=48, n_d=32))
+    fast = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig())
     nuts = nuts_flower_posteriors(
         model,
         params,

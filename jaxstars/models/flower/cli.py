@@ -296,7 +296,7 @@ def _add_model_arguments(group, e_max: bool = True) -> None:
         action="append",
         default=None,
         metavar="NAME=VALUE",
-        help="a FlowerPosteriorConfig setting (repeatable), e.g. n_e=48, node_newton_steps=1, e_max=0.8",
+        help="a FlowerPosteriorConfig setting (repeatable), e.g. n_e=24, node_hessians=2, e_max=0.8",
     )
     if e_max:
         group.add_argument(

@@ -106,7 +106,7 @@ def parse_posterior_options(items) -> dict:
 
     Values are converted to the field's type: numbers, strings (e.g. ``proposal=photometric``), ``true``/``false``,
     comma-separated numbers for tuples (``quantiles=0.05,0.5,0.95``, ``mag_limits=5,21``) and ``none`` for the
-    optional ones (``n_e_coarse=8`` and ``n_d_coarse=6`` are integers).  The configuration is validated as a whole.
+    optional ones.  The configuration is validated as a whole.
     """
     from .posterior import FlowerPosteriorConfig
 
@@ -127,7 +127,7 @@ def parse_posterior_options(items) -> dict:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
                 value = text.lower() in ("true", "1")
-            elif isinstance(default, int) or name in ("n_e_coarse", "n_d_coarse"):  # the latter: int or None
+            elif isinstance(default, int):
                 value = int(text)
             elif isinstance(default, float):
                 value = float(text)
@@ -254,7 +254,9 @@ def _ordinal(level: float) -> str:
 DIAGNOSTICS = {
     "ebv_logd_corr": "posterior correlation of E(B-V) and ln d",
     "log_evidence": "log marginal likelihood of the star's data, log p(data) (fast path)",
-    "edge_mass": "posterior mass in the first or last distance node of the grid (fast path)",
+    "edge_mass": "posterior mass in the grid's edge nodes: distance edges, E edges inside the prior (fast path)",
+    "node_gain": "largest log-p gain of the last Newton step in x at grid nodes within 10 nats of the best (fast"
+    " path; well above 1: Laplace marginals not converged there)",
     "nuts_flags": "bit field of jaxstars.inference.NUTS_FLAGS (sampler diagnostics)",
     "n_divergent": "divergent NUTS transitions after warm-up",
     "accept_prob": "mean NUTS acceptance probability",
