@@ -313,3 +313,26 @@ def test_fast_path_matches_nuts(toy):
         print("nuts divergent", nuts["n_divergent"], "ess", np.round(nuts["ess_bulk"]))
         assert np.all(np.abs(dm[ok]) < 0.1), (name, dm)
         assert np.all(np.abs(ratio[ok] - 1) < 0.1), (name, ratio)
+
+
+def test_nuts_reference_cache_resumes_after_interruption(toy, tmp_path):
+    """The validation's NUTS reference caches every finished batch with its rows: a run cut short resumes with the
+    missing rows only and ends bit-identical to an uninterrupted run; ``cached_only`` returns just the cached rows."""
+    from jaxstars.models.flower.validation import nuts_reference
+
+    model, params = toy
+    table, _, _ = simulate(model, params, 3, seed=13, d_range=(400, 900))
+    stars = prepare_flower_stars(model.features, table)
+    nuts = NUTSConfig(num_warmup=20, num_samples=20, dense_mass=True, batch_size=1)
+    cache = tmp_path / "ref.npz"
+    whole = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
+    np.testing.assert_array_equal(whole["row_index"], [0, 1, 2])
+    with np.load(cache) as f:  # as if interrupted after rows 2 and 0
+        kept = {k: f[k] for k in f.files}
+    order = np.argsort(kept["row_index"])[[2, 0]]
+    np.savez(cache, **{k: v[order] for k, v in kept.items()})
+    partial = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache, cached_only=True)
+    np.testing.assert_array_equal(partial["row_index"], [0, 2])
+    resumed = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
+    for name in ("ebv_mean", "ebv_std", "distance_mean", "row_index"):
+        np.testing.assert_array_equal(resumed[name], whole[name])

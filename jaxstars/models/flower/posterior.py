@@ -630,8 +630,8 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
 
     def significant_range(nodes, profile):
         """Where ``profile`` (log posterior, max over the other axis) is within ``scan_threshold`` nats of its
-        best: from the outermost such nodes to the threshold crossing, interpolated towards the next node
-        (the first / last node where the range reaches them); and whether it reaches the first / last node."""
+        best: from the outermost such nodes to the level's crossing towards the next node; and whether the range
+        reaches the first / last node."""
         n = nodes.shape[0]
         profile = jnp.where(jnp.isfinite(profile), profile, -jnp.inf)
         level = jnp.max(profile) - config.scan_threshold

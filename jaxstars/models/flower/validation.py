@@ -230,36 +230,47 @@ def _fast_problem_bits() -> int:
 _FAST_PROBLEMS = _fast_problem_bits()
 
 
-def nuts_reference(model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None, cache=None) -> dict:
+def nuts_reference(
+    model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None, cache=None, cached_only: bool = False
+) -> dict:
     """NUTS posteriors of ``stars`` (:func:`nuts_flower_posteriors`, ``nuts.batch_size`` stars per call), optionally
-    cached: with ``cache`` (a ``.npz`` path) every finished batch is saved and a rerun resumes after the last one.
+    cached: with ``cache`` (a ``.npz`` path) every finished batch is saved with its row positions (``row_index``)
+    and a rerun computes only the missing rows.  ``cached_only``: no NUTS run, only the cached rows.
 
     Results do not depend on the batching (keys by row id), so a resumed run equals an uninterrupted one.
+    Returns per-star arrays in row order and ``row_index`` (the rows they belong to).
     """
     config = FlowerPosteriorConfig() if config is None else config
     done: dict = {}
     if cache is not None and Path(cache).exists():
         with np.load(cache) as f:
             done = {k: f[k] for k in f.files}
-    n_done = len(next(iter(done.values()))) if done else 0
-    for start in range(n_done, stars.n, nuts.batch_size):
-        rows = np.arange(start, min(start + nuts.batch_size, stars.n))
+    have = set(done.get("row_index", np.zeros(0, int)).tolist())
+    todo = np.array([] if cached_only else [i for i in range(stars.n) if i not in have], dtype=int)
+    for start in range(0, todo.size, nuts.batch_size):
+        rows = todo[start : start + nuts.batch_size]
         part = nuts_flower_posteriors(model, params, stars.take(rows), key, nuts, config)
         part = {k: np.asarray(v) for k, v in part.items() if np.asarray(v).shape[:1] == (len(rows),)}
+        part["row_index"] = rows
         done = part if not done else {k: np.concatenate([done[k], part[k]]) for k in part}
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(cache).with_suffix(".tmp.npz")
             np.savez(tmp, **done)
             tmp.replace(cache)
-        print(f"NUTS reference: {rows[-1] + 1} / {stars.n} stars", flush=True)
-    return done
+        print(f"NUTS reference: {len(done['row_index'])} / {stars.n} stars", flush=True)
+    if not done:
+        return {"row_index": np.zeros(0, int)}
+    order = np.argsort(done["row_index"])
+    return {k: v[order] for k, v in done.items()}
 
 
-def fast_vs_nuts(model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None, cache=None) -> dict:
+def fast_vs_nuts(
+    model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None, cache=None, cached_only: bool = False
+) -> dict:
     """The fast path against NUTS on the same stars (the issue's criterion: ``|Δmean| < 0.1 σ``, std within 10 %).
 
-    ``cache``: see :func:`nuts_reference`.
+    ``cache``, ``cached_only``: see :func:`nuts_reference` (with ``cached_only`` only the cached stars are compared).
 
     Returns
     -------
@@ -269,9 +280,15 @@ def fast_vs_nuts(model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=
         criterion; the NUTS diagnostics (divergences, R̂, ESS) and both timings are added by the caller.
     """
     config = FlowerPosteriorConfig() if config is None else config
+    ref = nuts_reference(model, params, stars, key=key + 1, nuts=nuts, config=config, cache=cache,
+                         cached_only=cached_only)  # fmt: skip
+    stars = stars.take(ref["row_index"])
     fast = flower_posteriors(model, params, stars, key, config)
-    ref = nuts_reference(model, params, stars, key=key + 1, nuts=nuts, config=config, cache=cache)
-    out = {"n_stars": int(stars.n), "nuts": {k: np.asarray(ref[k]) for k in ("n_divergent", "rhat", "ess_bulk")}}
+    out = {
+        "n_stars": int(stars.n),
+        "rows": ref["row_index"],
+        "nuts": {k: np.asarray(ref[k]) for k in ("n_divergent", "rhat", "ess_bulk")},
+    }
     ok = np.isfinite(fast["ebv_mean"]) & np.isfinite(ref["ebv_mean"])
     for name in ("ebv", "distance"):
         dm = (fast[f"{name}_mean"] - ref[f"{name}_mean"]) / ref[f"{name}_std"]
