@@ -706,7 +706,12 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     d_std = jnp.sqrt(jnp.sum(p_u * (d_grid - d_mean) ** 2))
     d_q = jnp.exp(g.quantiles[1])
     # mass on the grid's edges, except the E edges that are the prior's bounds
-    edge = p_u[0] + p_u[-1] + jnp.where(e_lo > config.e_min, p_e[0], 0.0) + jnp.where(e_hi < config.e_max, p_e[-1], 0.0)
+    edge = (
+        p_u[0]
+        + p_u[-1]
+        + jnp.where(e_lo > config.e_min, p_e[0], 0.0)
+        + jnp.where(e_hi < config.e_max, p_e[-1], 0.0)
+    )
     top = log_post >= jnp.max(log_post) - 10.0
     if hasattr(model, "in_coverage"):
         d_check = jnp.stack([d_q[0], d_q[len(config.quantiles) // 2], d_q[-1]])
