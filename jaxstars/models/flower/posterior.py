@@ -730,7 +730,7 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
         "ebv_logd_corr": g.cov[0, 1] / jnp.sqrt(g.cov[0, 0] * g.cov[1, 1]),
         "log_evidence": g.log_evidence,
         "edge_mass": edge,
-        "node_gain": jnp.max(jnp.where(top, gains, 0.0)),  # the largest predicted Newton gain where it matters
+        "node_gain": jnp.max(jnp.where(top, gains, 0.0)),  # the last Newton step's largest gain where it matters
         "covered": covered,
         # the trapezoid rule integrates a Gaussian to ~exp(−2π²σ²/h²): 1e-4 relative at h = 1.5σ, 1e-2 at h = 2σ
         "unresolved": (e_std < 0.5 * (e_grid[1] - e_grid[0]))
@@ -824,7 +824,7 @@ def flower_posteriors(
     *,
     e_max=None,
 ) -> dict:
-    """Fast path: ``p(E, d | data)`` with ``x`` marginalised by importance sampling, on a zoomed 2-D grid.
+    """Fast path: ``p(E, d | data)`` with ``x`` marginalised by Laplace approximations on an ``(E, ln d)`` grid.
 
     Parameters
     ----------
@@ -844,8 +844,10 @@ def flower_posteriors(
     dict of ndarray (one row per star)
         ``ebv_mean``, ``ebv_std``, ``ebv_q2_5`` … ``ebv_q97_5``, ``distance_mean``, ``distance_std``,
         ``distance_q2_5`` … ``distance_q97_5``, ``ebv_logd_corr``, ``log_evidence`` (log ∫ p(data, E, d, x)),
-        ``edge_mass``, ``flags`` (:data:`FLAGS`), and with ``config.n_samples`` also
-        ``ebv_samples`` / ``distance_samples`` ``(n, n_samples)``.  Rows in ``NO_RESULT`` are NaN.
+        ``edge_mass``, ``node_gain`` (the largest log-p gain of the last Newton step in x at grid nodes within 10
+        nats of the best: well above 1, the Laplace marginals there are not converged), ``flags``
+        (:data:`FLAGS`), and with ``config.n_samples`` also ``ebv_samples`` / ``distance_samples``
+        ``(n, n_samples)``.  Rows in ``NO_RESULT`` are NaN.
     """
     n = stars.n
     flags = np.asarray(stars.flags, np.int64).copy()
