@@ -124,26 +124,31 @@ class FlowerPosteriorConfig:
         min_log_distance_halfwidth)`` (σ from the joint mode's Laplace approximation).  It only locates the
         posterior.
     scan_threshold : float
-        Scan nodes within this many nats of the best one are significant; the grid spans them plus one scan cell
-        on each side (a ``ln d`` side that reaches the scan's edge is pushed out by another half-width).
+        Scan nodes within this many nats of the best one are significant; the grid spans them, each side extended
+        to where that level is crossed (assuming a quadratic fall towards the next scan node); a ``ln d`` side that
+        reaches the scan's edge is pushed out by another half-width.
     n_e, n_d : int
         Nodes of the ``(E, ln d)`` grid over that box, where the posterior is tabulated.
     distance_sigmas, min_log_distance_halfwidth : float
         See ``n_e_scan, n_d_scan``.
-    origin_hessians, node_hessians : int
-        Exact value/gradient/Hessian evaluations of ``log p(x | E, d, data)`` at each continuation origin (one node
-        per ``ln d`` column, started from the joint mode or the scan) and at every other node (started by
-        extrapolating its two predecessors' ``x*``).  Newton steps are taken between evaluations; the last one is
-        predicted (``log p(x*) ≈ log p(x) + ½ gᵀP⁻¹g``).
+    origin_hessians, scan_hessians, node_hessians : int
+        Damped Newton steps in ``x`` (each one exact value/gradient/Hessian evaluation, then log p at the full, half
+        and quarter step, the best kept if it raises log p) at each continuation origin of the scan (one node per
+        ``ln d`` column, started from the joint mode's linear prediction), at the other scan nodes (started by
+        continuation) and at the grid nodes (started from the scan's ``x*``, interpolated).
     photometric_start : bool
         Also start every node from the photometric ``x̂`` (one more Laplace per node) and keep the better value.
+    extrapolate : float
+        Continuation start ``x*ₖ₋₁ + extrapolate · (x*ₖ₋₁ − x*ₖ₋₂)`` (1: linear extrapolation; 0: the previous
+        node's ``x*``, measured much worse on a trained flow).
     node_draws : int
         0: the Laplace marginal over ``x`` at every node. ``K > 0``: importance-sample it instead with ``K`` draws
         from a defensive mixture of the node's Laplace Gaussian (weight ¾) and the same Gaussian twice as wide (¼);
         the draws' standard-normal seeds are shared by all nodes and stars (common random numbers: a smooth
         surface, a deterministic result).
     edge_mass : float
-        Flag ``grid_edge`` when more posterior mass than this sits in the first or last distance node.
+        Flag ``grid_edge`` when more posterior mass than this sits in the grid's edge nodes (the distance edges,
+        and the E edges that are not bounds of the prior).
     missing_scale : float
         Floor of the proposal precision per ``x`` component, ``1 / (missing_scale · x_scale)²``: the width used
         where neither photometry nor flow constrain a direction.
@@ -194,7 +199,7 @@ class FlowerPosteriorConfig:
             raise ValueError("need e_min < e_max")
         if not 0 < self.d_min < self.d_max:
             raise ValueError("need 0 < d_min < d_max")
-        for name in ("batch_size", "newton_steps", "origin_hessians", "node_hessians"):
+        for name in ("batch_size", "newton_steps", "origin_hessians", "scan_hessians", "node_hessians"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("n_e", "n_d", "n_e_scan", "n_d_scan"):
