@@ -1,12 +1,14 @@
 """CMD distance posteriors by the shared vmapped NUTS engine agree with the grid posterior (quadrature-checked)."""
 
 import numpy as np
+import pytest
 
 from jaxstars.inference import NUTSConfig
 from jaxstars.models.cmd import FLAGS, nuts_distance_posteriors
 from test_cmd_model import BAD, GOOD, main_results, main_stars, model3  # noqa: F401  (module fixtures)
 
 
+@pytest.mark.slow  # ~30 s; test_cmd_model.py checks NUTS vs the grid by default, test_inference_nuts.py the vmapping
 def test_vmapped_nuts_matches_grid_for_every_good_star(model3, main_stars, main_results):  # noqa: F811
     model, params = model3
     res = nuts_distance_posteriors(

@@ -81,6 +81,7 @@ def test_marginal_distribution_matches_joint_samples():
         FlowDistribution(Flow(maf(3, 2, 8)), Flow(maf(3, 2, 8)).init(jax.random.PRNGKey(0)), marginal_dims=2)
 
 
+@pytest.mark.slow  # NUTS with a flow prior is checked by default in test_nuts_with_flow_prior_matches_flow_samples
 def test_flow_prior_in_a_hierarchical_model_runs_under_nuts(trained):
     """A flow as the prior on a latent 'true' point observed with Gaussian noise: the posterior shifts sensibly."""
     flow, params = trained

@@ -170,10 +170,10 @@ def test_default_grid_matches_a_converged_grid(toy):
     one damped Newton step in x per node) against a converged one (a 56 × 8 scan, a 32 × 24 grid, three and four
     Newton steps per node from two starts): the same moments to 0.05 σ / 3 % on this smooth toy flow."""
     model, params = toy
-    table, _, _ = simulate(model, params, 8, seed=7, d_range=(300, 2000), plx_err=0.2)
+    table, _, _ = simulate(model, params, 4, seed=7, d_range=(300, 2000), plx_err=0.2)
     stars = prepare_flower_stars(model.features, table)
     fast = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig())
-    converged = FlowerPosteriorConfig(n_e_scan=56, n_d_scan=8, n_e=32, n_d=24, scan_hessians=3, node_hessians=4,
+    converged = FlowerPosteriorConfig(n_e_scan=42, n_d_scan=6, n_e=24, n_d=18, scan_hessians=2, node_hessians=3,
                                       photometric_start=True)  # fmt: skip
     exact = flower_posteriors(model, params, stars, 0, converged)
     for name in ("ebv", "distance"):
@@ -315,24 +315,41 @@ def test_fast_path_matches_nuts(toy):
         assert np.all(np.abs(ratio[ok] - 1) < 0.1), (name, ratio)
 
 
-def test_nuts_reference_cache_resumes_after_interruption(toy, tmp_path):
+def test_nuts_reference_cache_resumes_after_interruption(toy, tmp_path, monkeypatch):
     """The validation's NUTS reference caches every finished batch with its rows: a run cut short resumes with the
-    missing rows only and ends bit-identical to an uninterrupted run; ``cached_only`` returns just the cached rows."""
-    from jaxstars.models.flower.validation import nuts_reference
+    missing rows only and ends bit-identical to an uninterrupted run; ``cached_only`` returns just the cached rows.
 
+    The sampler is replaced by a stand-in whose output depends only on each star's row id (as the real one does:
+    its keys are ``fold_in(key, row_id)``, checked in test_inference_nuts.py), which records the rows it ran."""
+    from jaxstars.models.flower import validation
+
+    ran = []
+
+    def fake_nuts(model, params, stars, key, nuts, config):
+        ran.append(np.asarray(stars.row_id).tolist())
+        rid = np.asarray(stars.row_id, float)
+        return {"ebv_mean": 0.1 * rid + key, "ebv_std": 0.01 + rid, "distance_mean": 500.0 + rid,
+                "n_divergent": np.zeros(stars.n, int), "scalar": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(validation, "nuts_flower_posteriors", fake_nuts)
     model, params = toy
     table, _, _ = simulate(model, params, 3, seed=13, d_range=(400, 900))
     stars = prepare_flower_stars(model.features, table)
-    nuts = NUTSConfig(num_warmup=20, num_samples=20, dense_mass=True, batch_size=1)
+    nuts = NUTSConfig(num_warmup=20, num_samples=20, batch_size=1)
     cache = tmp_path / "ref.npz"
-    whole = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
+    whole = validation.nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
     np.testing.assert_array_equal(whole["row_index"], [0, 1, 2])
+    assert ran == [[0], [1], [2]] and "scalar" not in whole
     with np.load(cache) as f:  # as if interrupted after rows 2 and 0
         kept = {k: f[k] for k in f.files}
     order = np.argsort(kept["row_index"])[[2, 0]]
     np.savez(cache, **{k: v[order] for k, v in kept.items()})
-    partial = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache, cached_only=True)
+    ran.clear()
+    partial = validation.nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache,
+                                        cached_only=True)  # fmt: skip
     np.testing.assert_array_equal(partial["row_index"], [0, 2])
-    resumed = nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
-    for name in ("ebv_mean", "ebv_std", "distance_mean", "row_index"):
+    assert ran == []
+    resumed = validation.nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
+    assert ran == [[1]]  # only the missing row
+    for name in ("ebv_mean", "ebv_std", "distance_mean", "n_divergent", "row_index"):
         np.testing.assert_array_equal(resumed[name], whole[name])

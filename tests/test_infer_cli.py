@@ -381,6 +381,7 @@ def test_nuts_agrees_with_grid_flags_the_same_rows_and_ignores_chunking(model_di
 # ------------------------------------------------------------------------------------------------ 4. kill
 
 
+@pytest.mark.slow  # ~30 s; the engine's kill-and-resume is checked by default in test_catalog_runner.py
 def test_sigkilled_run_resumes_to_the_uninterrupted_output(model_dir, simulated, tmp_path, capsys):
     n, chunk_rows = N_KILL, 100
     cat = simulated.copy()

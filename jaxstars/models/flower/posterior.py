@@ -580,8 +580,8 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
             hess, (value, grad) = jax.jacfwd(grad_with_aux, has_aux=True)(x)
             return value, grad, hess
 
-        x = start
-        for _ in range(n_hessians):
+        def newton_step(carry, _):
+            x, _, _, _ = carry
             value, grad, hess = value_grad_hessian(x)
             prec = _precision(hess, floor_x)
             step = jnp.linalg.solve(prec, grad)
@@ -591,7 +591,11 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
             best = jnp.argmax(vals)
             better = jnp.all(jnp.isfinite(step)) & (vals[best] > value)
             gain = jnp.where(better, vals[best] - value, 0.0)
-            x, value = jnp.where(better, cands[best], x), jnp.where(better, vals[best], value)
+            return (jnp.where(better, cands[best], x), jnp.where(better, vals[best], value), prec, gain), None
+
+        # a scan, not a Python loop: the Hessian's graph is traced and compiled once whatever ``n_hessians`` is
+        init = (start, jnp.zeros((), dtype), jnp.zeros((dim, dim), dtype), jnp.zeros((), dtype))
+        (x, value, prec, gain), _ = jax.lax.scan(newton_step, init, None, length=n_hessians)
         if config.node_draws:
             log_marginal = _importance_marginal(g, x, prec, eps)
         else:
