@@ -343,7 +343,7 @@ def test_nuts_reference_cache_resumes_after_interruption(toy, tmp_path, monkeypa
     with np.load(cache) as f:  # as if interrupted after rows 2 and 0
         kept = {k: f[k] for k in f.files}
     order = np.argsort(kept["row_index"])[[2, 0]]
-    np.savez(cache, **{k: v[order] for k, v in kept.items()})
+    np.savez(cache, **{k: v if k == "fingerprint" else v[order] for k, v in kept.items()})
     ran.clear()
     partial = validation.nuts_reference(model, params, stars, key=4, nuts=nuts, config=CONFIG, cache=cache,
                                         cached_only=True)  # fmt: skip
@@ -353,3 +353,13 @@ def test_nuts_reference_cache_resumes_after_interruption(toy, tmp_path, monkeypa
     assert ran == [[1]]  # only the missing row
     for name in ("ebv_mean", "ebv_std", "distance_mean", "n_divergent", "row_index"):
         np.testing.assert_array_equal(resumed[name], whole[name])
+    # a cache made with other flow parameters (or stars, key, sampler settings) is refused, not mixed in
+    other = jax.tree_util.tree_map(lambda a: a * 1.001, params)
+    with pytest.raises(ValueError, match="another model"):
+        validation.nuts_reference(model, other, stars, key=4, nuts=nuts, config=CONFIG, cache=cache)
+    with pytest.raises(ValueError, match="another model"):
+        validation.nuts_reference(model, params, stars.take([0, 1]), key=4, nuts=nuts, config=CONFIG, cache=cache)
+    longer = NUTSConfig(num_warmup=20, num_samples=40, batch_size=1)
+    with pytest.raises(ValueError, match="another model"):
+        validation.nuts_reference(model, params, stars, key=4, nuts=longer, config=CONFIG, cache=cache)
+    assert ran == [[1]]

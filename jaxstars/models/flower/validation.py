@@ -230,6 +230,24 @@ def _fast_problem_bits() -> int:
 _FAST_PROBLEMS = _fast_problem_bits()
 
 
+def _reference_fingerprint(params, stars, key, nuts, config) -> str:
+    """SHA-256 over what a NUTS reference depends on: the flow parameters, the stars, the key, the sampler settings
+    (batch size excepted: the draws do not depend on it) and the prior bounds / Malmquist limits."""
+    import hashlib
+
+    import jax
+
+    h = hashlib.sha256()
+    for leaf in [*jax.tree_util.tree_leaves(params), *stars]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    settings = (key, nuts.num_warmup, nuts.num_samples, nuts.num_chains, nuts.target_accept_prob, nuts.dense_mass,
+                nuts.max_tree_depth, config.e_min, config.e_max, config.mag_limits)  # fmt: skip
+    h.update(repr(settings).encode())
+    return h.hexdigest()
+
+
 def nuts_reference(
     model, params, stars, *, key: int = 0, nuts=PAPER_NUTS, config=None, cache=None, cached_only: bool = False
 ) -> dict:
@@ -237,14 +255,22 @@ def nuts_reference(
     cached: with ``cache`` (a ``.npz`` path) every finished batch is saved with its row positions (``row_index``)
     and a rerun computes only the missing rows.  ``cached_only``: no NUTS run, only the cached rows.
 
-    Results do not depend on the batching (keys by row id), so a resumed run equals an uninterrupted one.
+    The cache records a fingerprint of what its draws depend on (flow parameters, stars, key, sampler settings,
+    prior bounds): a cache made with anything else raises ``ValueError`` instead of being mixed in.  Results do not
+    depend on the batching (keys by row id), so a resumed run equals an uninterrupted one.
     Returns per-star arrays in row order and ``row_index`` (the rows they belong to).
     """
     config = FlowerPosteriorConfig() if config is None else config
+    fingerprint = _reference_fingerprint(params, stars, key, nuts, config)
     done: dict = {}
     if cache is not None and Path(cache).exists():
         with np.load(cache) as f:
             done = {k: f[k] for k in f.files}
+        if str(done.pop("fingerprint", "")) != fingerprint:
+            raise ValueError(
+                f"{cache} holds NUTS draws for another model, star set, key or sampler setting; move it away (or "
+                "point cache elsewhere) to start a new reference"
+            )
     have = set(done.get("row_index", np.zeros(0, int)).tolist())
     todo = np.array([] if cached_only else [i for i in range(stars.n) if i not in have], dtype=int)
     for start in range(0, todo.size, nuts.batch_size):
@@ -256,7 +282,7 @@ def nuts_reference(
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(cache).with_suffix(".tmp.npz")
-            np.savez(tmp, **done)
+            np.savez(tmp, fingerprint=np.asarray(fingerprint), **done)
             tmp.replace(cache)
         print(f"NUTS reference: {len(done['row_index'])} / {stars.n} stars", flush=True)
     if not done:
