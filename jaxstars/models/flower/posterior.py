@@ -149,6 +149,11 @@ class FlowerPosteriorConfig:
     edge_mass : float
         Flag ``grid_edge`` when more posterior mass than this sits in the grid's edge nodes (the distance edges,
         and the E edges that are not bounds of the prior).
+    retry_scan_factor : int
+        A star over ``edge_mass`` is computed once more with ``retry_scan_factor`` times as many ``E`` scan nodes
+        (the scan's continuation can lose the stellar locus between coarse nodes, and the grid box then misses
+        mass); the retry's result is kept, flagged ``grid_edge`` only if it too is over ``edge_mass``.  Output
+        ``retried`` marks those stars.  0 or 1: no retry.
     missing_scale : float
         Floor of the proposal precision per ``x`` component, ``1 / (missing_scale · x_scale)²``: the width used
         where neither photometry nor flow constrain a direction.
@@ -184,6 +189,7 @@ class FlowerPosteriorConfig:
     extrapolate: float = 1.0
     node_draws: int = 0
     edge_mass: float = 1e-3
+    retry_scan_factor: int = 2
     distance_sigmas: float = 8.0
     min_log_distance_halfwidth: float = 0.7
     missing_scale: float = 2.0
@@ -202,6 +208,8 @@ class FlowerPosteriorConfig:
         for name in ("batch_size", "newton_steps", "origin_hessians", "scan_hessians", "node_hessians"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.retry_scan_factor < 0:
+            raise ValueError("retry_scan_factor must be >= 0")
         for name in ("n_e", "n_d", "n_e_scan", "n_d_scan"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2")
@@ -824,6 +832,20 @@ def dust_pushed(features, stars: FlowerStars, e_max, m_bright: float | None = No
         return np.isfinite(mag[:, 0]) & (mag[:, 0] < m_bright + r_lead * e_max)
 
 
+def _run_fast_chunks(model, config: FlowerPosteriorConfig, params, data, keys) -> dict:
+    """The compiled fast path over ``data`` (valid stars only) in fixed-size chunks of ``config.batch_size`` (the
+    last one padded with its first star): per-star float64 arrays."""
+    # settings read only outside the compiled function do not make a new compilation
+    run = _compiled_fast(model, dataclasses.replace(config, edge_mass=0.0, retry_scan_factor=0))
+    size, m = config.batch_size, int(keys.shape[0])
+    chunks = []
+    for start in range(0, m, size):
+        idx = np.minimum(np.arange(start, start + size), m - 1)
+        part = run(params, jax.tree_util.tree_map(lambda a, idx=idx: a[idx], data), keys[idx])
+        chunks.append({k: np.asarray(v, np.float64)[: min(size, m - start)] for k, v in part.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
 def flower_posteriors(
     model,
     params,
@@ -854,7 +876,8 @@ def flower_posteriors(
         ``ebv_mean``, ``ebv_std``, ``ebv_q2_5`` … ``ebv_q97_5``, ``distance_mean``, ``distance_std``,
         ``distance_q2_5`` … ``distance_q97_5``, ``ebv_logd_corr``, ``log_evidence`` (log ∫ p(data, E, d, x)),
         ``edge_mass``, ``node_gain`` (the largest log-p gain of the last Newton step in x at grid nodes within 10
-        nats of the best: well above 1, the Laplace marginals there are not converged), ``flags``
+        nats of the best: well above 1, the Laplace marginals there are not converged), ``retried`` (1 where the
+        star was recomputed with a finer scan, see ``FlowerPosteriorConfig.retry_scan_factor``), ``flags``
         (:data:`FLAGS`), and with ``config.n_samples`` also ``ebv_samples`` / ``distance_samples``
         ``(n, n_samples)``.  Rows in ``NO_RESULT`` are NaN.
     """
@@ -865,7 +888,7 @@ def flower_posteriors(
         flags[dust_pushed(model.features, stars, e_max)] |= FLAGS["dust_pushed"]
     names = [f"q{_percent(q)}" for q in config.quantiles]
     keys_out = ["ebv_mean", "ebv_std", "distance_mean", "distance_std", "ebv_logd_corr", "log_evidence",
-                "edge_mass", "node_gain"]  # fmt: skip
+                "edge_mass", "node_gain", "retried"]  # fmt: skip
     out: dict[str, np.ndarray] = {k: np.full(n, np.nan) for k in keys_out}
     for name in names:
         out[f"ebv_{name}"] = np.full(n, np.nan)
@@ -879,14 +902,20 @@ def flower_posteriors(
             key = jax.random.PRNGKey(int(key))
         ids = np.asarray(stars.row_id)[valid] % (2**31 - 1)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids, jnp.uint32))
-        run = _compiled_fast(model, config)
-        size, m = config.batch_size, int(valid.sum())
-        chunks = []
-        for start in range(0, m, size):  # fixed-size chunks (the last one padded with its first star)
-            idx = np.minimum(np.arange(start, start + size), m - 1)
-            part = run(params, jax.tree_util.tree_map(lambda a, idx=idx: a[idx], data), keys[idx])
-            chunks.append({k: np.asarray(v, np.float64)[: min(size, m - start)] for k, v in part.items()})
-        res = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        res = _run_fast_chunks(model, config, params, data, keys)
+        res["retried"] = np.zeros(len(res["edge_mass"]), np.float64)
+        retry = np.flatnonzero(res["edge_mass"] > config.edge_mass)
+        if config.retry_scan_factor > 1 and retry.size:
+            finer = dataclasses.replace(
+                config, n_e_scan=config.retry_scan_factor * config.n_e_scan, retry_scan_factor=0
+            )
+            again = _run_fast_chunks(
+                model, finer, params, jax.tree_util.tree_map(lambda a: a[retry], data), keys[retry]
+            )
+            for k in again:
+                res[k] = np.array(res[k])
+                res[k][retry] = again[k]
+            res["retried"][retry] = 1.0
         for k in keys_out:
             out[k][valid] = res[k]
         for j, name in enumerate(names):

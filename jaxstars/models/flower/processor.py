@@ -257,6 +257,7 @@ DIAGNOSTICS = {
     "edge_mass": "posterior mass in the grid's edge nodes: distance edges, E edges inside the prior (fast path)",
     "node_gain": "largest log-p gain of the last Newton step in x at grid nodes within 10 nats of the best (fast"
     " path; well above 1: Laplace marginals not converged there)",
+    "retried": "1 where the fast path was recomputed with a finer E scan after too much mass on the grid's edge",
     "nuts_flags": "bit field of jaxstars.inference.NUTS_FLAGS (sampler diagnostics)",
     "n_divergent": "divergent NUTS transitions after warm-up",
     "accept_prob": "mean NUTS acceptance probability",
