@@ -419,13 +419,16 @@ def test_evaluate_matches_metrics_of_infer_output(model_dir, catalog, tmp_path, 
 
     path, raw = catalog
     json_path = tmp_path / "metrics.json"
+    # no retry of edge-flagged stars: it would compile the finer scan too (~40 s); it is checked in
+    # test_flower_posterior.py, and the options are passed through to the posterior as for `infer`
+    no_retry = ["--posterior-option", "retry_scan_factor=0"]
     argv = ["flower", "evaluate", "--model", str(model_dir), "--catalog", str(path), "--synthetic-ebv", "0,0.3"]
-    assert main([*argv, "--out-json", str(json_path), "--quiet"]) == 0
+    assert main([*argv, *no_retry, "--out-json", str(json_path), "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert json.loads(json_path.read_text()) == report
     assert report["synthetic_ebv"] == [0.0, 0.3] and report["n_stars"] == N_TEST
     assert report["bands"] == list(GAIA_PS1) and report["zero_point"] == ZP
-    assert report["posterior_options"] == {}
+    assert report["posterior_options"] == {"retry_scan_factor": 0}
     keys = {"n_rows", "n", "n_no_result", "n_flagged", "mean_residual", "median_residual", "rms_residual",
             "mean_posterior_std", "normalised_residual_std", "coverage_68", "coverage_95"}  # fmt: skip
     assert set(report["overall"]) == keys
@@ -442,7 +445,7 @@ def test_evaluate_matches_metrics_of_infer_output(model_dir, catalog, tmp_path, 
     red_path = tmp_path / "reddened.parquet"
     write_catalog(reddened, red_path)
     out = tmp_path / "reddened_out.parquet"
-    assert _flower_infer(model_dir, red_path, out) == 0
+    assert _flower_infer(model_dir, red_path, out, *no_retry) == 0
     out = Table.read(out)
     direct = reddening_metrics(
         _values(reddened, "true_ebv"),
@@ -506,7 +509,10 @@ def test_posterior_options_are_parsed_to_the_config_types():
     config = FlowerPosteriorConfig(**parsed)
     assert config.e_max == 0.6 and isinstance(config.batch_size, int)
     assert parse_posterior_options(["mag_limits=none"]) == {"mag_limits": None}
-    assert parse_posterior_options(["n_e_scan=8", "photometric_start=false"]) == {"n_e_scan": 8, "photometric_start": False}
+    assert parse_posterior_options(["n_e_scan=8", "photometric_start=false"]) == {
+        "n_e_scan": 8,
+        "photometric_start": False,
+    }
     assert parse_posterior_options(None) == {}
     bad_items = (["e_max"], ["no_such=1"], ["batch_size=1.5"], ["e_max=0.6", "e_min=0.7"], ["n_samples=3"],
                  ["n_e_scan=1"], ["n_d_scan=2.5"], ["n_e=none"])  # fmt: skip

@@ -144,7 +144,7 @@ def quadrature_reference(toy):
     return stars, refs
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the brute-force reference alone takes minutes
 @pytest.mark.parametrize(
     "settings",
     [{}, {"node_draws": 64}, {"photometric_start": True}],
@@ -152,9 +152,9 @@ def quadrature_reference(toy):
 )
 def test_fast_path_matches_quadrature(toy, quadrature_reference, settings):
     """Fast path (Laplace over x, or importance sampling around it, on an (E, ln d) grid) vs brute force on two
-    broad-posterior stars: mean within 0.1 σ and std within 10 % for E and d.  Star 1 needs the per-node second
-    start at the photometric x̂: from the joint mode's prediction alone Newton stopped on a lower x mode at many
-    nodes and gave E = 0.294 ± 0.084 against 0.308 ± 0.093."""
+    broad-posterior stars: mean within 0.1 σ and std within 10 % for E and d.  (Before the scan's continuation in
+    E, star 1 needed a per-node second start at the photometric x̂: from the joint mode's prediction alone Newton
+    stopped on a lower x mode at many nodes and gave E = 0.294 ± 0.084 against 0.308 ± 0.093.)"""
     model, params = toy
     stars, refs = quadrature_reference
     res = flower_posteriors(model, params, stars, 0, FlowerPosteriorConfig(**settings))
