@@ -13,6 +13,10 @@ Run ``python -m examples.flower_validation [--quick] [--models DIR] [--nuts-star
 
 and writes ``docs/results/flower_validation.json`` and the figures ``docs/figures/flower_*.png`` shown on
 ``docs/models/flower.md``.
+
+``--models docs/results/flower_reference --skip sim,2mass,green,cloud`` continues the NUTS comparison kept in the
+repository: its Gaia + PS1 model and the NUTS stars finished so far (the cache is fingerprinted and refused if the
+model, stars or sampler settings differ).
 """
 
 from __future__ import annotations
