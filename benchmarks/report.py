@@ -351,7 +351,11 @@ def engine_section(data: dict) -> str:
                 f"; within the largest run, resident size after the last quarter of chunks ÷ after the first "
                 f"quarter: **{mem['largest_last_to_first_quarter']:.2f}**"
             )
-        lines += ["", f"Peak ratio largest ÷ smallest: **{mem['peak_ratio_largest_to_smallest']:.2f}**{extra}.", ""]
+        lines += [
+            "",
+            f"Peak ratio largest ÷ smallest: **{mem['peak_ratio_largest_to_smallest']:.2f}**{extra}.",
+            "",
+        ]
     dask = res.get("dask")
     if dask:
         lines += [
@@ -394,13 +398,24 @@ def _flower_speed(meta: dict, res: dict) -> list[str]:
         "| path | settings | stars | s/star/core (wall) | CPU s/star | compilation |",
         "|---|---|---|---|---|---|",
         (
-            f"| paper procedure: `sequential_nuts` (NumPyro `MCMC`, one star at a time) on `flower_star_model` | "
+            f"| paper procedure: `sequential_nuts` (NumPyro `MCMC`, one star at a time) on `flower_star_model` in "
+            f"the paper's coordinates (`x` sampled) | "
             f"{nuts['num_warmup']:,} warm-up + {nuts['num_samples']:,} draws, target acceptance "
             f"{nuts['target_accept_prob']}, dense mass, 1 chain ({nuts['label']}) | {len(nuts['stars'])} | "
             f"**{nuts['s_per_star']:.1f}** (all of it: NumPyro re-compiles per star) | {nuts['cpu_s_per_star']:.1f} | "
             f"{nuts['s_per_star'] - nuts['post_compile_s_per_star']:.1f} s per star, included; "
             f"{nuts['post_compile_s_per_star']:.1f} s/star without it |"
         ),
+    ]
+    ref = res.get("reference_nuts_one_core")
+    if ref:
+        lines.append(
+            "| the same in jaxstars' photometric coordinates (`x` as its offset from the photometric `x̂(E, d)`: the "
+            f"same posterior; the agreement reference) | same | {len(ref['stars'])} | **{ref['s_per_star']:.1f}** | "
+            f"{ref['cpu_s_per_star']:.1f} | {ref['s_per_star'] - ref['post_compile_s_per_star']:.1f} s per star, "
+            f"included; {ref['post_compile_s_per_star']:.1f} s/star without it |"
+        )
+    lines += [
         (
             f"| fast path: `flower_posteriors` ({fast['config']['batch_size']} stars vmapped per compiled call) | "
             "default `FlowerPosteriorConfig` | "
@@ -425,18 +440,29 @@ def _flower_speed(meta: dict, res: dict) -> list[str]:
             f"{q['post_compile_nuts_over_fast_per_core']:,.0f}×; by CPU time: {q['cpu_time_nuts_over_fast']:,.0f}×. "
             "The issue quotes about 2 minutes per star on one "
             "core for the paper's procedure with a flowjax BNAF."
+            + (
+                f" NUTS in photometric coordinates ÷ fast path: {q['reference_nuts_over_fast_per_core']:,.0f}×."
+                if "reference_nuts_over_fast_per_core" in q
+                else ""
+            )
         ),
     ]
     return lines
 
 
 def _flower_agreement(res: dict) -> list[str]:
-    ag, nuts, fast = res["agreement"], res["paper_nuts_one_core"], res["fast_one_core"]
+    ag, nuts, fast = (
+        res["agreement"],
+        res.get("reference_nuts_one_core", res["paper_nuts_one_core"]),
+        res["fast_one_core"],
+    )
     info = {s["row"]: s for s in nuts["stars"]}
+    coordinates = "photometric" if "reference_nuts_one_core" in res else "the paper's"
     lines = [
         "",
         (
-            f"Agreement on the {len(ag['stars'])} NUTS star{'s' if len(ag['stars']) > 1 else ''} (the same stars, "
+            f"Agreement on the {len(ag['stars'])} NUTS star{'s' if len(ag['stars']) > 1 else ''} (NUTS in "
+            f"{coordinates} coordinates; the same stars, "
             "first rows of the fast path's timed set): Δ/σ = (fast − NUTS) posterior mean ÷ NUTS posterior std; σ ratio = fast std ÷ NUTS std; MCSE/σ = "
             "1/√ESS of the NUTS chain (its own Monte-Carlo error in the same units). Issue goal: |Δ| < 0.1 σ and std "
             "within 10 %."
@@ -471,6 +497,17 @@ def _flower_agreement(res: dict) -> list[str]:
             f"these stars. The ≥ 100-star comparison of the issue is a validation, not part of this timing run."
         ),
     ]
+    paper = res.get("agreement_paper_coordinates")
+    if paper:
+        lines += [
+            "",
+            (
+                "Against the paper-coordinate NUTS (the timed baseline) instead: worst |Δ/σ| E "
+                f"{paper['ebv_max_abs_dmean_over_std']:.3f}, d {paper['distance_max_abs_dmean_over_std']:.3f}; worst "
+                f"|σ ratio − 1| E {paper['ebv_max_abs_std_ratio_minus_1']:.3f}, d "
+                f"{paper['distance_max_abs_std_ratio_minus_1']:.3f} (goal {'met' if paper['meets_goal'] else 'not met'})."
+            ),
+        ]
     counts = ", ".join(f"{k} {v}" for k, v in fast["flag_counts"].items()) or "none"
     lines += [
         "",
@@ -534,7 +571,10 @@ def flower_section(data: dict) -> str:
     if "git" in meta:
         lines += [f"Code: {meta['git']} (FLOWER + inference sources sha256 `{meta['code_fingerprint']}`).", ""]
     if meta.get("code_consistent") is False:
-        lines += ["**Warning: the library changed while this run was in progress (workers saw different code).**", ""]
+        lines += [
+            "**Warning: the library changed while this run was in progress (workers saw different code).**",
+            "",
+        ]
     if meta.get("quick"):
         lines += ["**Quick run: shortened NUTS chains and small sizes; not the benchmark's figures.**", ""]
     training = m.get("training")
@@ -568,7 +608,9 @@ def generic_section(name: str, data: dict) -> str:
     meta = data.get("meta", {})
     lines = [f"## {name} (`benchmarks/{name}.py`)", ""]
     if "command" in meta:
-        lines.append(f"Command: `{meta['command']}` — machine: {meta.get('machine', '?')}, {meta.get('date', '')}.")
+        lines.append(
+            f"Command: `{meta['command']}` — machine: {meta.get('machine', '?')}, {meta.get('date', '')}."
+        )
         lines.append("")
     lines.append("```json")
     lines.append(json.dumps(data.get("results", data), indent=2))

@@ -309,7 +309,12 @@ def test_jaxstars_infer_is_the_same_job_and_chunking_changes_nothing(
     chunked = Table.read(chunked)
     assert chunked.colnames == reference.colnames
     for name in chunked.colnames:
-        np.testing.assert_array_equal(np.asarray(chunked[name]), np.asarray(reference[name]), err_msg=name)
+        a, b = np.asarray(chunked[name]), np.asarray(reference[name])
+        if a.dtype.kind == "f":
+            # XLA may vectorise a 10-star batch differently from a 60-star one: float32 rounding, no more
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
     # the fast path's summaries are deterministic (a grid, no random draws): another seed changes only the
     # posterior draws written with --samples
     seed1 = tmp_path / "seed1.parquet"

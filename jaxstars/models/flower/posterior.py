@@ -17,12 +17,15 @@ function is pluggable (``log_selection``; default uniform, i.e. 1, as in the pap
 Two ways to compute it:
 
 (a) **Reference (the paper's procedure, §2.11).**  :func:`flower_star_model` is Eq. 16 as a NumPyro model for ONE
-    star (sites ``ebv``, ``distance``, ``x``; the flow enters as a factor, missing bands are masked out of the
+    star (sites ``ebv``, ``distance`` and ``x``; the flow enters as a factor, missing bands are masked out of the
     likelihood exactly); :func:`nuts_flower_posteriors` runs it with NUTS through the shared engine
     (:func:`jaxstars.inference.sample_stars`, vmapped over stars), 4,000 warm-up and 10,000 kept draws, target
-    acceptance 0.9 by default.  The mass matrix is dense by default: ``M_G`` is pinned by ``m̂_G`` to milli-mag
-    given ``(E, log d)``, a nearly linear correlation a diagonal mass matrix can only follow with tiny steps.  Same
-    posterior, same kernel, only the preconditioner differs (``NUTSConfig(dense_mass=False)`` is the diagonal one).
+    acceptance 0.9 by default.  ``x`` is sampled as its offset from the photometric ``x̂(E, d)``, scaled by the
+    photometric errors (``FlowerPosteriorConfig.nuts_coordinates``): the photometry pins ``x`` to ``(E, d)`` at
+    the milli-mag level along a curved ridge, which in the paper's coordinates (``x`` itself,
+    ``nuts_coordinates="paper"``) makes NUTS diverge on most stars; the offset is nearly independent of
+    ``(E, d)``.  Same posterior (a shear with constant Jacobian), same kernel.  The mass matrix is dense by default
+    (``NUTSConfig(dense_mass=False)`` is the diagonal one).
 
 (b) **Fast path.**  :func:`flower_posteriors` tabulates ``p(E, ln d | data)`` on a grid, with ``x`` integrated out
     by a Laplace approximation at every node, vmapped over stars:
@@ -169,6 +172,12 @@ class FlowerPosteriorConfig:
         Posterior draws of ``(E, d)`` returned per star (``ebv_samples``, ``distance_samples``); 0: none.
     batch_size : int
         Stars vmapped together in the fast path.
+    nuts_coordinates : {"photometric", "paper"}
+        Coordinates of ``x`` in the NumPyro model (the NUTS path): ``"photometric"`` (default) samples the offset
+        ``δ`` of ``x = x̂(E, d) + s ⊙ δ`` from the photometric ``x̂`` at the current ``(E, d)``, ``s`` the
+        photometric error of each feature; ``"paper"`` samples ``x`` itself, as the paper does.  Same posterior
+        (a shear with constant Jacobian); in the paper's coordinates the photometry ties ``x`` to ``(E, d)`` along
+        a thin curved ridge, and NUTS diverges on most stars.
     """
 
     e_min: float = -0.05
@@ -199,8 +208,11 @@ class FlowerPosteriorConfig:
     quantiles: tuple = DEFAULT_QUANTILES
     n_samples: int = 0
     batch_size: int = 16
+    nuts_coordinates: str = "photometric"
 
     def __post_init__(self):
+        if self.nuts_coordinates not in ("photometric", "paper"):
+            raise ValueError(f"nuts_coordinates must be 'photometric' or 'paper', got {self.nuts_coordinates!r}")
         if not self.e_min < self.e_max:
             raise ValueError("need e_min < e_max")
         if not 0 < self.d_min < self.d_max:
@@ -308,32 +320,46 @@ def _x_hat(model, star, ebv, mu, iterations: int):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _photometric_x_scale(model, star):
+    """Photometric error of each feature ``x = Λ m``: ``σ_0`` for the leading magnitude, ``√(σ_b² + σ_0²)`` for
+    a colour; the flow's ``x_scale`` where the band is missing."""
+    err = star["mag_err"]
+    scale = jnp.concatenate([err[:1], jnp.sqrt(err[1:] ** 2 + err[:1] ** 2)])
+    return jnp.where(star["observed"], scale, jnp.asarray(model.x_scale, err.dtype))
+
+
 def _flower_star_model(star, params, *, model, config: FlowerPosteriorConfig):
     features = model.features
-    dim = features.dim
     ebv = numpyro.sample("ebv", dist.Uniform(config.e_min, config.e_max))
     distance = numpyro.sample(
         "distance", GeneralizedGammaPrior(star["prior_length"], star["prior_alpha"], star["prior_beta"])
     )
-    # x has a flat base measure: a wide normal whose density is cancelled exactly by the factor below (NumPyro
-    # cannot trace an ImproperUniform site); the flow density then enters as a factor (Eq. 16).
-    base = dist.Normal(jnp.asarray(model.x_shift), 10.0 * jnp.asarray(model.x_scale)).to_event(1)
-    x = numpyro.sample("x", base)
-    numpyro.factor("flat_x", -base.log_prob(x))
+    mu = _modulus(distance)
+    # x (or its offset δ) has a flat base measure: a wide normal whose density is cancelled exactly by the factor
+    # below (NumPyro cannot trace an ImproperUniform site); the flow density then enters as a factor (Eq. 16).
+    if config.nuts_coordinates == "paper":
+        base = dist.Normal(jnp.asarray(model.x_shift), 10.0 * jnp.asarray(model.x_scale)).to_event(1)
+        x = numpyro.sample("x", base)
+        numpyro.factor("flat_x", -base.log_prob(x))
+    else:  # x = x̂(E, d) + s ⊙ δ: unit Jacobian in x for fixed (E, d), the constant log det s dropped
+        base = dist.Normal(jnp.zeros(features.dim, mu.dtype), 10.0).to_event(1)
+        offset = numpyro.sample("x_offset", base)
+        numpyro.factor("flat_x", -base.log_prob(offset))
+        x_hat = _x_hat(model, star, ebv, mu, config.fixed_point_iterations)
+        x = numpyro.deterministic("x", x_hat + _photometric_x_scale(model, star) * offset)
     R, Z = galactocentric_rz(star["l"], star["b"], distance)
     numpyro.factor("flow", model.log_density(params, x, R, Z))
-    mu = _modulus(distance)
     extra = _log_truncation_and_selection(features, star, mu, x, config)
     numpyro.factor("selection", extra)
     pred = features.absolute(x) + mu + features.extinction(ebv, x)
     numpyro.sample("mag", dist.Normal(pred, star["mag_err"]).mask(star["observed"]).to_event(1), obs=star["mag"])
     numpyro.factor("parallax", _parallax_term(star, distance))
-    del dim
 
 
 @functools.lru_cache(maxsize=32)
 def flower_star_model(model, config: FlowerPosteriorConfig = FlowerPosteriorConfig()):
-    """Eq. 16 for ONE star as a NumPyro model ``f(star, params)`` (sites ``ebv``, ``distance``, ``x``).
+    """Eq. 16 for ONE star as a NumPyro model ``f(star, params)``: sites ``ebv``, ``distance`` and ``x_offset``
+    (deterministic ``x``), or ``x`` with ``config.nuts_coordinates="paper"``.
 
     Usable as ``jaxstars.inference.sample_stars(flower_star_model(model, config), star_arrays(stars), key,
     shared=(params,))``.  Cached: the same ``(model, config)`` returns the same callable, so the engine compiles
@@ -344,7 +370,8 @@ def flower_star_model(model, config: FlowerPosteriorConfig = FlowerPosteriorConf
 
 
 def _initial_point(star, *, model, config: FlowerPosteriorConfig):
-    """Starting point for NUTS (pure JAX): E = 0.05; d from a good parallax (S/N > 5) else from ``m̂_G − x_shift_0``."""
+    """Starting point for NUTS (pure JAX): E = 0.05; d from a good parallax (S/N > 5) else from ``m̂_G − x_shift_0``;
+    ``x`` the photometric ``x̂`` there (offset 0)."""
     dtype = star["mag"].dtype
     ebv = jnp.asarray(0.05, dtype)
     plx = star["parallax"] - star["parallax_zero_point"]
@@ -353,13 +380,14 @@ def _initial_point(star, *, model, config: FlowerPosteriorConfig):
     mu_phot = star["mag"][0] - model.x_shift[0]
     d_phot = 10.0 ** (mu_phot / 5.0 + 1.0)
     d = jnp.clip(jnp.where(good, d_plx, d_phot), config.d_min, config.d_max)
-    x = _x_hat(model, star, ebv, _modulus(d), config.fixed_point_iterations)
-    return {"ebv": ebv, "distance": d, "x": x}
+    if config.nuts_coordinates == "paper":
+        return {"ebv": ebv, "distance": d, "x": _x_hat(model, star, ebv, _modulus(d), config.fixed_point_iterations)}
+    return {"ebv": ebv, "distance": d, "x_offset": jnp.zeros(model.features.dim, dtype)}
 
 
 @functools.lru_cache(maxsize=32)
 def initial_point(model, config: FlowerPosteriorConfig = FlowerPosteriorConfig()):
-    """``init_fn(star) -> {"ebv", "distance", "x"}`` for :func:`jaxstars.inference.sample_stars` (cached)."""
+    """``init_fn(star) -> {"ebv", "distance", "x_offset" or "x"}`` for :func:`jaxstars.inference.sample_stars` (cached)."""
     return functools.partial(_initial_point, model=model, config=config)
 
 
@@ -836,7 +864,9 @@ def _run_fast_chunks(model, config: FlowerPosteriorConfig, params, data, keys) -
     """The compiled fast path over ``data`` (valid stars only) in fixed-size chunks of ``config.batch_size`` (the
     last one padded with its first star): per-star float64 arrays."""
     # settings read only outside the compiled function do not make a new compilation
-    run = _compiled_fast(model, dataclasses.replace(config, edge_mass=0.0, retry_scan_factor=0))
+    run = _compiled_fast(
+        model, dataclasses.replace(config, edge_mass=0.0, retry_scan_factor=0, nuts_coordinates="photometric")
+    )
     size, m = config.batch_size, int(keys.shape[0])
     chunks = []
     for start in range(0, m, size):

@@ -232,7 +232,8 @@ _FAST_PROBLEMS = _fast_problem_bits()
 
 def _reference_fingerprint(params, stars, key, nuts, config) -> str:
     """SHA-256 over what a NUTS reference depends on: the flow parameters, the stars, the key, the sampler settings
-    (batch size excepted: the draws do not depend on it) and the prior bounds / Malmquist limits."""
+    (batch size excepted: the draws do not depend on it), the prior bounds / Malmquist limits and the NUTS
+    coordinates."""
     import hashlib
 
     import jax
@@ -243,7 +244,7 @@ def _reference_fingerprint(params, stars, key, nuts, config) -> str:
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())
     settings = (key, nuts.num_warmup, nuts.num_samples, nuts.num_chains, nuts.target_accept_prob, nuts.dense_mass,
-                nuts.max_tree_depth, config.e_min, config.e_max, config.mag_limits)  # fmt: skip
+                nuts.max_tree_depth, config.e_min, config.e_max, config.mag_limits, config.nuts_coordinates)  # fmt: skip
     h.update(repr(settings).encode())
     return h.hexdigest()
 
