@@ -381,7 +381,11 @@ def _initial_point(star, *, model, config: FlowerPosteriorConfig):
     d_phot = 10.0 ** (mu_phot / 5.0 + 1.0)
     d = jnp.clip(jnp.where(good, d_plx, d_phot), config.d_min, config.d_max)
     if config.nuts_coordinates == "paper":
-        return {"ebv": ebv, "distance": d, "x": _x_hat(model, star, ebv, _modulus(d), config.fixed_point_iterations)}
+        return {
+            "ebv": ebv,
+            "distance": d,
+            "x": _x_hat(model, star, ebv, _modulus(d), config.fixed_point_iterations),
+        }
     return {"ebv": ebv, "distance": d, "x_offset": jnp.zeros(model.features.dim, dtype)}
 
 
