@@ -167,6 +167,9 @@ def main(argv=None) -> int:
         help="compare on the stars whose NUTS reference is already in the cache (DIR/nuts_reference_*.npz; every "
         "finished star is cached, and a run without this option completes the rest)",
     )
+    parser.add_argument(
+        "--epochs", type=int, help="maximum training epochs of the simulated-star models (default 60, quick 6)"
+    )
     parser.add_argument("--out", default="docs/results/flower_validation.json")
     parser.add_argument("--figures", default="docs/figures")
     parser.add_argument(
@@ -175,7 +178,9 @@ def main(argv=None) -> int:
         help="comma list of parts to skip: sim,2mass,green,cloud,nuts (the other parts of an existing --out are kept)",
     )
     args = parser.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
+    size = dict(SIZES["quick" if args.quick else "full"])
+    if args.epochs is not None:
+        size["epochs"] = args.epochs
     skip = set(filter(None, args.skip.split(",")))
     n_nuts, n_warm, n_keep = size["nuts"]
     args.nuts_stars = n_nuts if args.nuts_stars is None else args.nuts_stars

@@ -519,8 +519,9 @@ def test_posterior_options_are_parsed_to_the_config_types():
         "photometric_start": False,
     }
     assert parse_posterior_options(None) == {}
+    assert parse_posterior_options(["nuts_coordinates=paper"]) == {"nuts_coordinates": "paper"}
     bad_items = (["e_max"], ["no_such=1"], ["batch_size=1.5"], ["e_max=0.6", "e_min=0.7"], ["n_samples=3"],
-                 ["n_e_scan=1"], ["n_d_scan=2.5"], ["n_e=none"])  # fmt: skip
+                 ["n_e_scan=1"], ["n_d_scan=2.5"], ["n_e=none"], ["nuts_coordinates=raw"])  # fmt: skip
     for bad in bad_items:
         with pytest.raises(FlowerCommandError):
             parse_posterior_options(bad)
