@@ -168,6 +168,12 @@ def main(argv=None) -> int:
         "finished star is cached, and a run without this option completes the rest)",
     )
     parser.add_argument(
+        "--importance-draws",
+        type=int,
+        default=4000,
+        help="importance draws per grid node for the sampler-free reference of the fast-vs-NUTS stars (0: skip)",
+    )
+    parser.add_argument(
         "--epochs", type=int, help="maximum training epochs of the simulated-star models (default 60, quick 6)"
     )
     parser.add_argument("--out", default="docs/results/flower_validation.json")
@@ -276,14 +282,18 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         cache = models / f"nuts_reference_{args.nuts_stars}_{nuts.num_warmup}_{nuts.num_samples}.npz"
         res = fast_vs_nuts(
-            model, params, stars, nuts=nuts, config=config, cache=cache, cached_only=args.nuts_cached_only
-        )
+            model, params, stars, nuts=nuts, config=config, cache=cache, cached_only=args.nuts_cached_only,
+            importance_draws=args.importance_draws,
+        )  # fmt: skip
         res["seconds"] = time.perf_counter() - start
         res["nuts_settings"] = {"num_warmup": nuts.num_warmup, "num_samples": nuts.num_samples,
                                 "target_accept_prob": nuts.target_accept_prob, "dense_mass": nuts.dense_mass}  # fmt: skip
         res["n_compared"] = len(res["rows"])
         report["fast_vs_nuts"] = res
         print(f"fast vs NUTS on {res['n_compared']} stars:", {k: res[k] for k in ("ebv", "distance")})
+        if "importance" in res:
+            print("fast vs importance-sampled grid:", res["importance"]["fast_path"])
+            print("NUTS vs importance-sampled grid:", res["importance"]["nuts"])
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(_jsonable(report), indent=1))

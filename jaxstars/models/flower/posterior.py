@@ -55,8 +55,10 @@ Two ways to compute it:
 
     The Laplace marginal over ``x`` is the approximation; importance sampling of ``x`` around it would remove it
     but, with flows sharper than the photometry, needs far more draws per node than the grid has nodes.  How
-    well this agrees with NUTS is measured, not assumed (``examples/flower_validation.py``,
-    ``docs/models/flower.md``).
+    well this agrees is measured, not assumed (``examples/flower_validation.py``, ``docs/models/flower.md``):
+    against NUTS, and node by node against importance sampling over ``x`` at every grid node
+    (:func:`~jaxstars.models.flower.validation.importance_grid_reference`, from the grids that
+    ``flower_posteriors(..., return_grids=True)`` returns).
 
 :func:`dust_pushed` is the check of §2.9.2: a star brighter than ``m_bright + R_lead E_max`` in the leading band
 could have entered the catalogue only because dust dimmed it.
@@ -95,9 +97,11 @@ __all__ = [
     "dust_pushed",
     "flower_posteriors",
     "flower_star_model",
+    "grid_summary",
     "initial_point",
     "log_joint",
     "log_joint_unconstrained",
+    "mixture_importance_marginal",
     "nuts_flower_posteriors",
     "star_arrays",
 ]
@@ -146,7 +150,8 @@ class FlowerPosteriorConfig:
         node's ``x*``, measured much worse on a trained flow).
     node_draws : int
         0: the Laplace marginal over ``x`` at every node. ``K > 0``: importance-sample it instead with ``K`` draws
-        from a defensive mixture of the node's Laplace Gaussian (weight ¾) and the same Gaussian twice as wide (¼);
+        (:func:`mixture_importance_marginal`) from a defensive mixture of the node's Laplace Gaussian (weight ¾) and
+        the same Gaussian twice as wide (¼);
         the draws' standard-normal seeds are shared by all nodes and stars (common random numbers: a smooth
         surface, a deterministic result).
     edge_mass : float
@@ -571,7 +576,8 @@ def _weighted_quantiles(values, weights, levels):
 
 
 def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
-    """Fast path for one star (see the module docstring): joint mode → (E, ln d) grid of Laplace marginals over x."""
+    """Fast path for one star (see the module docstring): joint mode → (E, ln d) grid of Laplace marginals over x
+    (returned too: ``grid_ebv``, ``grid_log_distance``, ``grid_log_post``, ``grid_x``)."""
     dtype = star["mag"].dtype
     floor = jnp.concatenate(
         [jnp.array([0.01, 0.01], dtype), 1.0 / (config.missing_scale * jnp.asarray(model.x_scale, dtype)) ** 2]
@@ -599,7 +605,7 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     #    log p(x*) − ½ log det P + (dim/2) log 2π, P = −∇² at x*; + ln d, the Jacobian of the ln d grid.
     dim = z_star.shape[0] - 2
     norm = 0.5 * dim * math.log(2 * math.pi)
-    eps = _defensive_draws(config.node_draws, dim, dtype)
+    eps, component = _defensive_draws(config.node_draws, dim, dtype)
 
     def node_log_joint(e, u):
         d = jnp.exp(u)
@@ -636,8 +642,11 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
         # a scan, not a Python loop: the Hessian's graph is traced and compiled once whatever ``n_hessians`` is
         init = (start, jnp.zeros((), dtype), jnp.zeros((dim, dim), dtype), jnp.zeros((), dtype))
         (x, value, prec, gain), _ = jax.lax.scan(newton_step, init, None, length=n_hessians)
-        if config.node_draws:
-            log_marginal = _importance_marginal(g, x, prec, eps)
+        if config.node_draws:  # ¾ the node's Laplace Gaussian + ¼ the same twice as wide
+            chol = jnp.linalg.cholesky(prec)
+            log_marginal, _ = mixture_importance_marginal(
+                g, jnp.stack([x, x]), jnp.stack([chol, 0.5 * chol]), jnp.array([0.75, 0.25], dtype), eps, component
+            )
         else:
             log_marginal = value - 0.5 * jnp.linalg.slogdet(prec)[1] + norm
         return log_marginal + u, x, gain
@@ -742,18 +751,11 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     def grid_node(e, u):
         return best_of_starts(e, u, scan_start(e, u), config.node_hessians)
 
-    log_post, _, gains = jax.vmap(lambda e: jax.vmap(lambda u: grid_node(e, u))(u_grid))(e_grid)
+    log_post, grid_x, gains = jax.vmap(lambda e: jax.vmap(lambda u: grid_node(e, u))(u_grid))(e_grid)
     log_post = jnp.where(jnp.isfinite(log_post), log_post, -jnp.inf)
 
     # 5. summaries: grid_posterior_2d in (E, ln d); distance moments in d
-    g = grid_posterior_2d(e_grid, u_grid, log_post, config.quantiles)
-    wts = jnp.exp(log_post - jnp.max(log_post)) * (_trapezoid(e_grid)[:, None] * _trapezoid(u_grid)[None, :])
-    p_u = jnp.sum(wts, axis=0) / jnp.sum(wts)
-    p_e = jnp.sum(wts, axis=1) / jnp.sum(wts)
-    d_grid = jnp.exp(u_grid)
-    d_mean = jnp.sum(p_u * d_grid)
-    d_std = jnp.sqrt(jnp.sum(p_u * (d_grid - d_mean) ** 2))
-    d_q = jnp.exp(g.quantiles[1])
+    out, p_e, p_u = grid_summary(e_grid, u_grid, log_post, config.quantiles)
     # mass on the grid's edges, except the E edges that are the prior's bounds
     edge = (
         p_u[0]
@@ -763,28 +765,21 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
     )
     top = log_post >= jnp.max(log_post) - 10.0
     if hasattr(model, "in_coverage"):
+        d_q = out["distance_quantiles"]
         d_check = jnp.stack([d_q[0], d_q[len(config.quantiles) // 2], d_q[-1]])
         R, Z = galactocentric_rz(star["l"], star["b"], d_check)
         covered = jnp.all(model.in_coverage(R, Z))
     else:
         covered = jnp.asarray(True)
-    e_std = jnp.sqrt(g.cov[0, 0])
-    out = {
-        "ebv_mean": g.mean[0],
-        "ebv_std": e_std,
-        "ebv_quantiles": g.quantiles[0],
-        "distance_mean": d_mean,
-        "distance_std": d_std,
-        "distance_quantiles": d_q,
-        "ebv_logd_corr": g.cov[0, 1] / jnp.sqrt(g.cov[0, 0] * g.cov[1, 1]),
-        "log_evidence": g.log_evidence,
+    out |= {
         "edge_mass": edge,
         "node_gain": jnp.max(jnp.where(top, gains, 0.0)),  # the last Newton step's largest gain where it matters
         "covered": covered,
         # the trapezoid rule integrates a Gaussian to ~exp(−2π²σ²/h²): 1e-4 relative at h = 1.5σ, 1e-2 at h = 2σ
-        "unresolved": (e_std < 0.5 * (e_grid[1] - e_grid[0]))
-        | (jnp.sqrt(g.cov[1, 1]) < 0.5 * (u_grid[1] - u_grid[0])),
+        "unresolved": (out["ebv_std"] < 0.5 * (e_grid[1] - e_grid[0]))
+        | (out.pop("log_distance_std") < 0.5 * (u_grid[1] - u_grid[0])),
     }
+    out |= {"grid_ebv": e_grid, "grid_log_distance": u_grid, "grid_log_post": log_post, "grid_x": grid_x}
     if config.n_samples:
         smp = sample_grid_posterior_2d(key, e_grid, u_grid, log_post, config.n_samples)
         out["ebv_samples"] = smp[:, 0]
@@ -793,27 +788,72 @@ def _fast_one_star(model, config: FlowerPosteriorConfig, params, star, key):
 
 
 def _defensive_draws(k: int, dim: int, dtype):
-    """``k`` fixed standard-normal seeds, every fourth scaled by 2 (the wide component of the defensive mixture)."""
+    """``k`` fixed standard-normal seeds and their mixture component (every fourth draw from the wide one, 1)."""
     if not k:
-        return None
+        return None, None
     eps = jax.random.normal(jax.random.PRNGKey(20260), (k, dim), dtype)
-    return eps * jnp.where(jnp.arange(k) % 4 == 3, 2.0, 1.0).astype(dtype)[:, None]
+    return eps, (jnp.arange(k) % 4 == 3).astype(jnp.int32)
 
 
-def _importance_marginal(g, x0, prec, eps):
-    """``log ∫ exp g(x) dx`` by importance sampling from ``¾ N(x0, P⁻¹) + ¼ N(x0, 4 P⁻¹)`` with seeds ``eps``."""
-    dim = x0.shape[0]
-    chol = jnp.linalg.cholesky(prec)  # P = C Cᵀ, x = x0 + C⁻ᵀ ε has covariance P⁻¹
-    xs = x0 + jax.scipy.linalg.solve_triangular(chol.T, eps.T, lower=False).T
-    r2 = jnp.sum(eps**2, axis=-1)
-    log_q = (
-        jnp.logaddexp(math.log(0.75) - 0.5 * r2, math.log(0.25) - dim * math.log(2.0) - 0.125 * r2)
-        + jnp.sum(jnp.log(jnp.diag(chol)))
-        - 0.5 * dim * math.log(2 * math.pi)
-    )
-    log_w = jax.vmap(g)(xs) - log_q
+def mixture_importance_marginal(g, means, chols, weights, eps, component):
+    """``log ∫ exp g(x) dx`` by importance sampling from a Gaussian mixture ``Σ_c w_c N(m_c, (C_c C_cᵀ)⁻¹)``.
+
+    Parameters
+    ----------
+    g : callable
+        ``x (dim,) -> log density`` (unnormalised).
+    means, chols : arrays (C, dim), (C, dim, dim)
+        Component means and lower Cholesky factors ``C_c`` of their *precisions*.
+    weights : array (C,)
+        Mixture weights (summing to 1); draw ``k`` comes from component ``component[k]``, so the share of draws per
+        component should follow ``weights`` (stratified sampling: the estimate is unbiased either way).
+    eps : array (K, dim)
+        Standard-normal seeds: draw ``k`` is ``m_c + C_c⁻ᵀ eps_k``.
+
+    Returns
+    -------
+    (log marginal, effective sample size of the weights)
+    """
+    dim = means.shape[1]
+    solve = jax.vmap(lambda c, e: jax.scipy.linalg.solve_triangular(c.T, e, lower=False))
+    xs = means[component] + solve(chols[component], eps)
+
+    def log_q(x):  # log Σ_c w_c N(x | m_c, P_c⁻¹), with z_c = C_cᵀ (x − m_c)
+        z = jnp.einsum("cij,ci->cj", chols, x[None, :] - means)
+        log_n = -0.5 * jnp.sum(z**2, -1) + jnp.sum(jnp.log(jnp.diagonal(chols, axis1=1, axis2=2)), -1)
+        return jax.scipy.special.logsumexp(log_n + jnp.log(weights)) - 0.5 * dim * math.log(2 * math.pi)
+
+    log_w = jax.vmap(g)(xs) - jax.vmap(log_q)(xs)
     log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-    return jax.scipy.special.logsumexp(log_w) - math.log(eps.shape[0])
+    total = jax.scipy.special.logsumexp(log_w)
+    ess = jnp.exp(2.0 * total - jax.scipy.special.logsumexp(2.0 * log_w))
+    return total - math.log(eps.shape[0]), ess
+
+
+def grid_summary(e_grid, u_grid, log_post, quantiles=DEFAULT_QUANTILES):
+    """Posterior summaries of ``log p(E, ln d)`` tabulated on ``e_grid × u_grid`` (pure JAX, one star).
+
+    Moments, quantiles and evidence from :func:`jaxstars.inference.grid_posterior_2d` in ``(E, ln d)``; distance
+    moments in ``d`` (quantiles are ``exp`` of the ``ln d`` ones).  Returns ``(summary dict, p_E, p_ln d)`` with
+    the normalised marginal weights of the nodes (trapezoid rule)."""
+    g = grid_posterior_2d(e_grid, u_grid, log_post, quantiles)
+    wts = jnp.exp(log_post - jnp.max(log_post)) * (_trapezoid(e_grid)[:, None] * _trapezoid(u_grid)[None, :])
+    p_u = jnp.sum(wts, axis=0) / jnp.sum(wts)
+    p_e = jnp.sum(wts, axis=1) / jnp.sum(wts)
+    d_grid = jnp.exp(u_grid)
+    d_mean = jnp.sum(p_u * d_grid)
+    summary = {
+        "ebv_mean": g.mean[0],
+        "ebv_std": jnp.sqrt(g.cov[0, 0]),
+        "ebv_quantiles": g.quantiles[0],
+        "distance_mean": d_mean,
+        "distance_std": jnp.sqrt(jnp.sum(p_u * (d_grid - d_mean) ** 2)),
+        "distance_quantiles": jnp.exp(g.quantiles[1]),
+        "log_distance_std": jnp.sqrt(g.cov[1, 1]),
+        "ebv_logd_corr": g.cov[0, 1] / jnp.sqrt(g.cov[0, 0] * g.cov[1, 1]),
+        "log_evidence": g.log_evidence,
+    }
+    return summary, p_e, p_u
 
 
 def _trapezoid(grid):
@@ -888,6 +928,7 @@ def flower_posteriors(
     config: FlowerPosteriorConfig = FlowerPosteriorConfig(),
     *,
     e_max=None,
+    return_grids: bool = False,
 ) -> dict:
     """Fast path: ``p(E, d | data)`` with ``x`` marginalised by Laplace approximations on an ``(E, ln d)`` grid.
 
@@ -903,6 +944,10 @@ def flower_posteriors(
     config : FlowerPosteriorConfig
     e_max : float or array (n,), optional
         External integrated reddening for the §2.9.2 check (flag ``dust_pushed``).
+    return_grids : bool
+        Also return each star's grid: ``grid_ebv (n, n_e)``, ``grid_log_distance (n, n_d)``, ``grid_log_post (n,
+        n_e, n_d)`` (log p(E, ln d | data) + const. at the nodes) and ``grid_x (n, n_e, n_d, dim)`` (the Laplace
+        modes in ``x``), e.g. for :func:`~jaxstars.models.flower.validation.importance_grid_reference`.
 
     Returns
     -------
@@ -958,6 +1003,9 @@ def flower_posteriors(
         if config.n_samples:
             out["ebv_samples"][valid] = res["ebv_samples"]
             out["distance_samples"][valid] = res["distance_samples"]
+        for k in ("grid_ebv", "grid_log_distance", "grid_log_post", "grid_x") if return_grids else ():
+            out[k] = np.full((n, *res[k].shape[1:]), np.nan)
+            out[k][valid] = res[k]
         idx = np.flatnonzero(valid)
         bad_fit = ~np.isfinite(res["ebv_mean"]) | ~np.isfinite(res["log_evidence"])
         flags[idx[bad_fit]] |= FLAGS["low_ess"]
